@@ -1,0 +1,103 @@
+"""The ``xalign`` command: thin wrappers over the library, errors without tracebacks
+(``--debug`` shows them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad config, bad path): printed without a traceback."""
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from xalign.config import flatten, load_run
+
+    cfg = load_run(args.file, args.overrides)
+    print(f"OK: {args.file} is a valid run config ({len(flatten(cfg))} keys).")
+    return 0
+
+
+def _world_config(args: argparse.Namespace):
+    from xalign.config import from_overrides, load_run
+    from xalign.synthetic import WorldConfig
+
+    if args.config:
+        base = load_run(args.config).data.world.model_dump(mode="json")
+        base_args = [f"{k}={json.dumps(v)}" for k, v in _leaves(base)]
+        return from_overrides(WorldConfig, [*base_args, *args.overrides], source=str(args.config))
+    return from_overrides(WorldConfig, args.overrides, source="world parameters")
+
+
+def _leaves(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, path)
+        else:
+            yield path, value
+
+
+def _cmd_world_build(args: argparse.Namespace) -> int:
+    from xalign.synthetic import build_world
+
+    cfg = _world_config(args)
+    out = Path(args.out) if args.out else None
+    start = time.perf_counter()
+    result = build_world(cfg, out)
+    seconds = time.perf_counter() - start
+    manifest = result.manifest
+    verb = "Reused" if result.reused else "Built"
+    print(f"{verb} world {manifest['hash'][:16]} in {seconds:.1f}s: {result.path}")
+    for lang in manifest["languages"]:
+        stats = manifest["corpus"]["languages"][lang["code"]]
+        pivot = " (pivot)" if lang["is_pivot"] else ""
+        print(f"  {lang['code']}{pivot}: {lang['script']}, {lang['order']}, "
+              f"{stats['tokens']:,} corpus tokens ({stats['share']:.1%})")
+    print(f"  parts: {', '.join(sorted(manifest['parts']))}")
+    print(f"  manifest: {result.path / 'manifest.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xalign", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a run config file and exit non-zero listing every problem")
+    p.add_argument("file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_cmd_validate)
+
+    world = sub.add_parser("world", help="the built-in synthetic multilingual world")
+    world_sub = world.add_subparsers(dest="world_command", required=True)
+    p = world_sub.add_parser("build", help="build (or reuse from cache) a synthetic world")
+    p.add_argument("--out", help="output directory (default: the cache, by content hash)")
+    p.add_argument("--config", help="take the world parameters from a run config's data.world")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="world parameters, e.g. seed=1 languages=5")
+    p.set_defaults(func=_cmd_world_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from xalign.config import ConfigError
+    from xalign.synthetic import WorldError
+
+    try:
+        return args.func(args)
+    except (ConfigError, WorldError, UserError) as exc:
+        if args.debug:
+            raise
+        print(f"xalign {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The typed config tree of one alignment run.
+
+Every key here is also a dotted CLI override (``objective.temperature=0.1``), a search-space
+entry in a sweep file and an MLflow param name, so names follow the field's vocabulary
+(method.md). Defaults are the released AFP recipe where the paper has one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from xalign.config.base import Section
+from xalign.synthetic import WorldConfig
+
+#: The pooler names; xalign.pooling holds the functions (a test keeps the two in step).
+POOLER_NAMES = ("last", "mean", "max")
+#: ``model.name_or_path`` value meaning "the base model of the synthetic world in data.world".
+WORLD_MODEL = "world"
+
+
+def _check_layer(value: Any) -> Union[int, float, list]:
+    """An int is a block index (0 = embeddings, negatives count from the end); a float is a
+    fraction of depth in [0.0, 1.0] (0.5 = middle). ``1`` and ``1.0`` differ on purpose:
+    block 1 versus the last block. A list pools several layers (mean of their losses)."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("must list at least one layer, got []")
+        return [_check_layer(v) for v in value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            "must be an int block index (e.g. 1, -1), a float fraction of depth in "
+            f"[0.0, 1.0] (e.g. 0.5), or a list of those, got {value!r}")
+    if isinstance(value, float) and not (0.0 <= value <= 1.0 and math.isfinite(value)):
+        raise ValueError(
+            "a float layer is a fraction of depth and must lie in [0.0, 1.0] "
+            f"(write an int for a block index), got {value!r}")
+    return value
+
+
+LayerSpec = Annotated[Any, AfterValidator(_check_layer)]
+
+
+def _local_path_exists(value: Optional[str]) -> Optional[str]:
+    if value is not None and looks_like_local_path(value) and not Path(value).expanduser().exists():
+        raise ValueError(f"local path does not exist: {value!r} (resolved from {Path.cwd()})")
+    return value
+
+
+def looks_like_local_path(value: str) -> bool:
+    """Hub ids look like ``org/name``; local paths start with ``/``, ``.`` or ``~``."""
+    return value.startswith(("/", "./", "../", "~")) or value in (".", "..")
+
+
+ModelPath = Annotated[Optional[str], AfterValidator(_local_path_exists)]
+
+
+def _no_bool(value: Any) -> Any:
+    # YAML's `yes`/`true` would otherwise pass as 1 for an int field.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
+    return value
+
+
+PositiveInt = Annotated[int, BeforeValidator(_no_bool), Field(gt=0)]
+NonNegInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]
+NonNegFloat = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)]
+Probability = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1)]
+
+
+class ModelConfig(Section):
+    #: HF hub id, local path, or "world" (the synthetic world's base model).
+    name_or_path: ModelPath = WORLD_MODEL
+    #: Tokenizer id or path; None = the model's own.
+    tokenizer: ModelPath = None
+    #: bf16 halves memory on GPU (the released recipe); fp32 on CPU.
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    #: Off unless asked for: remote code runs arbitrary Python from the hub.
+    trust_remote_code: bool = False
+
+
+class SourceConfig(Section):
+    """A data source read through HF ``datasets``: a hub id, or local files, or a
+    ``save_to_disk`` directory."""
+
+    hub: Optional[str] = None
+    #: Hub dataset config name (e.g. a language).
+    name: Optional[str] = None
+    split: str = "train"
+    #: Local file, glob, or directory; ``{lang}`` is replaced per language.
+    path: Optional[str] = None
+    format: Literal["auto", "json", "jsonl", "csv", "tsv", "parquet", "disk"] = "auto"
+    #: Renames: our column name -> the source's column name.
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "SourceConfig":
+        if (self.hub is None) == (self.path is None):
+            raise ValueError(
+                f"exactly one of `hub` and `path` must be set, got hub={self.hub!r}, path={self.path!r}")
+        if self.path is not None and "{lang}" not in self.path and not any(c in self.path for c in "*?["):
+            if not Path(self.path).expanduser().exists():
+                raise ValueError(f"`path` does not exist: {self.path!r} (resolved from {Path.cwd()})")
+        return self
+
+
+class MixConfig(Section):
+    #: Probability that an instruction's response language differs from its prompt's
+    #: (released: 0.5).
+    cross_probability: Probability = 0.5
+    #: Times each instruction is reused with fresh language draws (released: 3).
+    repeat: PositiveInt = 3
+    #: Share of LM samples that are translation samples rather than instructions.
+    translation_share: Probability = 0.0
+    #: Language sampling exponent: p_l proportional to n_l ** alpha (1 = as the data is,
+    #: 0 = uniform over languages).
+    alpha: NonNegFloat = 1.0
+    #: Relative weight of each language (pair) in the contrastive pairs, e.g.
+    #: {qab: 2.0}; languages not named keep weight 1.
+    pair_weights: dict[str, NonNegFloat] = Field(default_factory=dict)
+
+
+class DataConfig(Section):
+    #: The synthetic world: used when no real sources are given.
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    #: Real translation pairs (columns src, tgt, src_lang, tgt_lang); None = the world's.
+    pairs: Optional[SourceConfig] = None
+    #: Real instruction data parallel by id (id, instruction, input, output); None = the world's.
+    instructions: Optional[SourceConfig] = None
+    #: Pivot language code; None = the world's pivot.
+    pivot: Optional[str] = None
+    #: Languages aligned to the pivot; None = every language of the data.
+    languages: Optional[list[str]] = None
+    #: Longest sequence in tokens (released: 512).
+    max_length: PositiveInt = 512
+    #: Pack LM samples into rows (sample boundaries kept) instead of padding each.
+    pack: bool = False
+    mix: MixConfig = Field(default_factory=MixConfig)
+
+
+class ObjectiveConfig(Section):
+    contrastive_weight: NonNegFloat = 1.0
+    lm_weight: NonNegFloat = 1.5
+    #: InfoNCE temperature (released: 0.05); with learn_temperature it is the start value.
+    temperature: PositiveFloat = 0.05
+    learn_temperature: bool = False
+    #: int = block index, float = fraction of depth, list = several layers (released: 1).
+    layer: LayerSpec = 1
+    #: last | mean | max (released: last token).
+    pooler: Literal[POOLER_NAMES] = "last"  # type: ignore[valid-type]
+    #: Both directions of InfoNCE (released: pivot -> other only).
+    symmetric: bool = False
+    hard_negatives: bool = False
+    #: Run only the blocks up to the deepest pooled layer for the contrastive branch.
+    early_exit: bool = True
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "ObjectiveConfig":
+        if self.contrastive_weight == 0 and self.lm_weight == 0:
+            raise ValueError("`contrastive_weight` and `lm_weight` cannot both be 0: nothing would be trained")
+        return self
+
+
+class OptimConfig(Section):
+    #: Released: 1e-5 with AdamW and no weight decay.
+    lr: PositiveFloat = 1e-5
+    weight_decay: NonNegFloat = 0.0
+    betas: tuple[Probability, Probability] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    #: Share of max_steps spent warming up (released: 3%).
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    #: Optimizer steps (released: 5,000).
+    max_steps: PositiveInt = 5000
+    #: Pairs and LM samples per worker per micro-batch (released: 2 per GPU).
+    batch_size: PositiveInt = 2
+    grad_accum_steps: PositiveInt = 1
+    #: Gradient-norm clip; 0 turns clipping off (released: 1.0).
+    max_grad_norm: NonNegFloat = 1.0
+
+
+class EvalConfig(Section):
+    #: Task names from the evaluation registry; the synthetic world's by default.
+    tasks: list[str] = Field(default_factory=lambda: ["facts", "pawsx", "xcopa"])
+    #: Languages evaluated; None = every language the task has.
+    languages: Optional[list[str]] = None
+    #: Periodic evaluation every N optimizer steps; 0 = only at the end.
+    every_n_steps: NonNegInt = 0
+    #: Demonstrations per query.
+    shots: NonNegInt = 0
+    #: cross: template and demonstrations in the pivot, query in the target language (the
+    #: AFP setting); same: everything in the query's language.
+    protocol: Literal["cross", "same"] = "cross"
+    #: Demonstration-sampling seeds; results are averaged with their spread.
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    #: Cap on items per task and language (None = all); for quick periodic evals.
+    max_items: Optional[PositiveInt] = None
+    batch_size: PositiveInt = 16
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    #: None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
+    tracking_uri: Optional[str] = None
+    experiment: str = "xalign"
+    run_name: Optional[str] = None
+
+
+class ScalingConfig(Section):
+    #: Data-parallel training workers (Ray Train).
+    num_workers: PositiveInt = 1
+    use_gpu: bool = False
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: NonNegFloat = 0.0
+
+    @model_validator(mode="after")
+    def _gpu_consistent(self) -> "ScalingConfig":
+        if self.use_gpu and self.gpus_per_worker == 0:
+            raise ValueError("`use_gpu` is true but `gpus_per_worker` is 0; set gpus_per_worker (e.g. 1)")
+        if not self.use_gpu and self.gpus_per_worker > 0:
+            raise ValueError(
+                f"`gpus_per_worker` is {self.gpus_per_worker} but `use_gpu` is false; set use_gpu: true")
+        return self
+
+
+class CheckpointConfig(Section):
+    #: Save every N optimizer steps; 0 = only the final model.
+    every_n_steps: NonNegInt = 500
+    #: Checkpoints kept (the newest ones).
+    keep: PositiveInt = 2
+    #: Where Ray stores checkpoints and results: a local/NFS path or s3://, gs://.
+    #: None = Ray's default (~/ray_results).
+    storage_path: Optional[str] = None
+    #: Restarts after a worker failure, each resuming from the latest checkpoint.
+    max_failures: NonNegInt = 2
+
+
+class RunConfig(Section):
+    """One alignment run: what to align, with which losses, how, and where results go."""
+
+    name: str = "afp"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+    @model_validator(mode="after")
+    def _batch_has_negatives(self) -> "RunConfig":
+        global_pairs = self.optim.batch_size * self.scaling.num_workers
+        if self.objective.contrastive_weight > 0 and global_pairs < 2:
+            raise ValueError(
+                "the contrastive loss needs at least 2 pairs in the global batch "
+                "(optim.batch_size x scaling.num_workers) to have a negative, got "
+                f"{self.optim.batch_size} x {self.scaling.num_workers} = {global_pairs}; "
+                "raise optim.batch_size or set objective.contrastive_weight: 0")
+        return self
