@@ -14,10 +14,12 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from xalign.config.base import Section
-from xalign.synthetic import WorldConfig
+from xalign.config.world import WorldConfig
 
 #: The pooler names; xalign.pooling holds the functions (a test keeps the two in step).
 POOLER_NAMES = ("last", "mean", "max")
+#: Names from the paper's code and neighbouring libraries, offered as suggestions only.
+POOLER_SYNONYMS = {"avg": "mean", "average": "mean", "last_token": "last", "eos": "last", "maximum": "max"}
 #: ``model.name_or_path`` value meaning "the base model of the synthetic world in data.world".
 WORLD_MODEL = "world"
 
@@ -42,6 +44,21 @@ def _check_layer(value: Any) -> Union[int, float, list]:
 
 
 LayerSpec = Annotated[Any, AfterValidator(_check_layer)]
+
+
+def pooler_hint(name: str) -> str:
+    """" Did you mean 'mean'?" for a near miss or a known synonym, else ""."""
+    import difflib
+
+    key = str(name).lower().split("-")[0]  # the paper writes "avg-k", "last-1"
+    close = [POOLER_SYNONYMS[key]] if key in POOLER_SYNONYMS else difflib.get_close_matches(key, POOLER_NAMES, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _check_pooler(name: str) -> str:
+    if name not in POOLER_NAMES:
+        raise ValueError(f"Unknown pooler {name!r}.{pooler_hint(name)} Available: {', '.join(sorted(POOLER_NAMES))}")
+    return name
 
 
 def _local_path_exists(value: Optional[str]) -> Optional[str]:
@@ -77,11 +94,15 @@ class ModelConfig(Section):
     name_or_path: ModelPath = WORLD_MODEL
     #: Tokenizer id or path; None = the model's own.
     tokenizer: ModelPath = None
-    #: bf16 halves memory on GPU (the released recipe); fp32 on CPU.
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: Compute dtype. Training keeps fp32 master weights and runs bf16 under autocast (the
+    #: released recipe trains in bf16); evaluation-only loads use it for the weights.
+    dtype: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
     #: Off unless asked for: remote code runs arbitrary Python from the hub.
     trust_remote_code: bool = False
+    #: Pad token for tokenizers that have none (Llama, XGLM use their own); "eos" reuses
+    #: the end-of-sequence token. None = the tokenizer must already have one.
+    pad_token: Optional[str] = None
 
 
 class SourceConfig(Section):
@@ -142,6 +163,13 @@ class DataConfig(Section):
     pack: bool = False
     mix: MixConfig = Field(default_factory=MixConfig)
 
+    @model_validator(mode="after")
+    def _real_data_names_languages(self) -> "DataConfig":
+        if (self.pairs is not None or self.instructions is not None) and (self.pivot is None or not self.languages):
+            raise ValueError("with real data sources (`pairs` or `instructions`) set `pivot` and `languages` "
+                             f"(e.g. pivot: en, languages: [zh]), got pivot={self.pivot!r}, languages={self.languages!r}")
+        return self
+
 
 class ObjectiveConfig(Section):
     contrastive_weight: NonNegFloat = 1.0
@@ -152,7 +180,7 @@ class ObjectiveConfig(Section):
     #: int = block index, float = fraction of depth, list = several layers (released: 1).
     layer: LayerSpec = 1
     #: last | mean | max (released: last token).
-    pooler: Literal[POOLER_NAMES] = "last"  # type: ignore[valid-type]
+    pooler: Annotated[str, AfterValidator(_check_pooler)] = "last"
     #: Both directions of InfoNCE (released: pivot -> other only).
     symmetric: bool = False
     hard_negatives: bool = False
@@ -204,6 +232,8 @@ class EvalConfig(Section):
 
 class TrackingConfig(Section):
     enabled: bool = True
+    #: Report (to Ray and MLflow) every N optimizer steps; checkpoints report too.
+    log_every_n_steps: PositiveInt = 10
     #: None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
     tracking_uri: Optional[str] = None
     experiment: str = "xalign"
