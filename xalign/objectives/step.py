@@ -1,0 +1,232 @@
+"""The AFP training objective for one batch, and the early-exit forward it relies on.
+
+    loss = contrastive_weight * L_contrastive + lm_weight * L_instruction
+
+A branch whose weight is 0 is not computed at all. The contrastive branch pools hidden
+states of the translation pair's two sides; with ``early_exit`` it runs only the embedding
+and the blocks up to the deepest pooled layer (with the released layer 1 that skips
+nearly the whole network). Works on any HF decoder-only model: the blocks are found as the
+``nn.ModuleList`` of the base model, no per-architecture code.
+
+transformers 5.x facts this relies on (tests/test_objectives.py checks them):
+- ``output_hidden_states`` returns num_layers + 1 states and replaces the LAST one by the
+  output of the final norm (``last_hidden_state``); states 0..num_layers-1 are the
+  embedding output and the raw block outputs. ``early_exit_forward`` reproduces exactly
+  ``hidden_states[:max_layer + 1]`` of the full forward, final-norm convention included.
+- Without ``position_ids`` the model numbers positions 0..seq-1 even under left padding,
+  so positions are derived from the attention mask here (``position_ids_from_mask``).
+- A 4D ``attention_mask`` is used as given, so packed batches bring their own.
+
+Under DDP pass the unwrapped module (``model.module``): the contrastive branch calls the
+base model directly to skip the LM head.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from xalign.objectives.contrastive import info_nce
+from xalign.objectives.instruction import lm_loss
+from xalign.pooling import pool, position_ids_from_mask
+
+
+@dataclass(frozen=True)
+class AlignmentLossConfig:
+    """What ``alignment_loss`` needs; any object with these attributes will do."""
+
+    contrastive_weight: float = 1.0  # released value
+    lm_weight: float = 1.5  # released value
+    temperature: float | torch.Tensor | nn.Module = 0.05  # released; a module (LearnableTemperature) is called
+    layers: tuple[int, ...] = (1,)  # resolved hidden-state indices; released: layer 1
+    pooler: str = "last"  # released: last non-pad token
+    symmetric: bool = False  # released: pivot -> other only
+    early_exit: bool = True  # run only the blocks the contrastive branch needs
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformer under the LM head (``model.base_model`` for HF models)."""
+    return getattr(model, "base_model", model)
+
+
+def decoder_blocks(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """(owner, attribute name, ModuleList) of the model's transformer blocks.
+
+    The blocks are the shallowest ``nn.ModuleList`` of the base model whose length is the
+    config's number of hidden layers (``layers`` in Llama/XGLM/Qwen, ``h`` in GPT-2/BLOOM,
+    ``decoder.layers`` in OPT).
+    """
+    base = base_model(model)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    depth = getattr(config, "num_hidden_layers", None)
+    lists = [(name, module) for name, module in base.named_modules() if isinstance(module, nn.ModuleList)]
+    matches = [(name, module) for name, module in lists if depth is None or len(module) == depth]
+    if not matches:
+        found = ", ".join(f"{name or '<root>'} ({len(module)})" for name, module in lists) or "none"
+        raise ValueError(
+            f"cannot find the transformer blocks of {type(model).__name__}: no nn.ModuleList of "
+            f"length num_hidden_layers={depth}; ModuleLists found: {found}"
+        )
+    name, blocks = min(matches, key=lambda item: item[0].count("."))
+    owner_name, _, attribute = name.rpartition(".")
+    return base.get_submodule(owner_name), attribute, blocks
+
+
+def _model_inputs(module: nn.Module, input_ids, attention_mask, position_ids) -> dict[str, Any]:
+    """Forward kwargs; position_ids only for models whose forward takes them (not BLOOM)."""
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
+    if position_ids is not None and "position_ids" in inspect.signature(module.forward).parameters:
+        inputs["position_ids"] = position_ids
+    return inputs
+
+
+def _default_positions(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None):
+    if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+        return position_ids_from_mask(attention_mask)
+    return position_ids
+
+
+def hidden_states_forward(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """All num_layers + 1 hidden states of the base model (no LM head), HF convention."""
+    base = base_model(model)
+    position_ids = _default_positions(attention_mask, position_ids)
+    inputs = _model_inputs(base, input_ids, attention_mask, position_ids)
+    return tuple(base(**inputs, output_hidden_states=True).hidden_states)
+
+
+def early_exit_forward(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_layer: int,
+    *,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Hidden states 0..max_layer, running only the embedding and blocks 1..max_layer.
+
+    Equal to ``hidden_states_forward(...)[:max_layer + 1]``. The block list is truncated for
+    the call and restored in a ``finally``; the states are taken by forward hooks on the
+    blocks (the model's own last hidden state is post-final-norm, which a truncated run
+    would wrongly apply to block ``max_layer``). ``max_layer`` 0 still runs block 1 (its
+    input is the embedding output); ``max_layer == num_layers`` is a plain full forward.
+    """
+    owner, attribute, blocks = decoder_blocks(model)
+    num_layers = len(blocks)
+    if not 0 <= max_layer <= num_layers:
+        raise ValueError(f"max_layer must be in 0..{num_layers} for this {num_layers}-block model, got {max_layer}")
+    if max_layer == num_layers:
+        return hidden_states_forward(model, input_ids, attention_mask, position_ids=position_ids)
+
+    keep = max(max_layer, 1)
+    captured: list[torch.Tensor] = []
+
+    def grab_input(module, args, kwargs):
+        captured.append(args[0] if args else kwargs["hidden_states"])
+
+    def grab_output(module, args, output):
+        captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    handles = [blocks[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
+    handles += [block.register_forward_hook(grab_output) for block in blocks[:keep]]
+    base = base_model(model)
+    inputs = _model_inputs(base, input_ids, attention_mask, _default_positions(attention_mask, position_ids))
+    setattr(owner, attribute, nn.ModuleList(blocks[:keep]))
+    try:
+        base(**inputs, output_hidden_states=False)
+    finally:
+        setattr(owner, attribute, blocks)
+        for handle in handles:
+            handle.remove()
+    if len(captured) != keep + 1:
+        raise RuntimeError(
+            f"early exit captured {len(captured)} hidden states, expected {keep + 1}: "
+            f"{type(model).__name__} does not call its blocks once each"
+        )
+    return tuple(captured[: max_layer + 1])
+
+
+def sentence_vectors(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    layers: list[int] | tuple[int, ...],
+    pooler: str,
+    early_exit: bool = True,
+    position_ids: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Pooled (batch, hidden) vectors, one per layer in ``layers`` (absolute indices)."""
+    layers = list(layers)
+    if not layers:
+        raise ValueError("sentence_vectors needs at least one layer")
+    if early_exit:
+        hidden = early_exit_forward(model, input_ids, attention_mask, max(layers), position_ids=position_ids)
+    else:
+        hidden = hidden_states_forward(model, input_ids, attention_mask, position_ids=position_ids)
+    return pool(hidden, attention_mask, layers, pooler)
+
+
+def _lm_forward(model: nn.Module, batch: dict) -> torch.Tensor:
+    mask = batch.get("lm_attention_mask")
+    if mask is not None and mask.ndim == 4:
+        dtype = model.get_input_embeddings().weight.dtype
+        if mask.dtype == torch.bool:  # True = attend -> additive
+            mask = torch.where(mask, 0.0, torch.finfo(dtype).min)
+        mask = mask.to(dtype)
+    position_ids = _default_positions(mask, batch.get("lm_position_ids"))
+    logits = model(**_model_inputs(model, batch["lm_input_ids"], mask, position_ids)).logits
+    return lm_loss(logits, batch["lm_labels"])
+
+
+def alignment_loss(model: nn.Module, batch: dict, cfg: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(weighted total loss, parts) for one batch.
+
+    ``batch``: src_input_ids/src_attention_mask and tgt_input_ids/tgt_attention_mask (the
+    translation pair; src is the anchor/pivot side) for the contrastive branch;
+    lm_input_ids/lm_labels/lm_attention_mask (+ optional lm_position_ids; a 4D mask for
+    packed rows) for the instruction branch. ``parts`` holds detached "loss",
+    "contrastive" and "lm" (only the branches computed), and "contrastive/layer<i>" when
+    several layers are pooled (the contrastive loss is their mean).
+    """
+    if cfg.contrastive_weight < 0 or cfg.lm_weight < 0:
+        raise ValueError(
+            f"weights must be >= 0, got contrastive_weight={cfg.contrastive_weight}, lm_weight={cfg.lm_weight}"
+        )
+    if cfg.contrastive_weight == 0 and cfg.lm_weight == 0:
+        raise ValueError("contrastive_weight and lm_weight are both 0: nothing to train")
+
+    total = None
+    parts: dict[str, torch.Tensor] = {}
+    if cfg.contrastive_weight > 0:
+        temperature = cfg.temperature() if isinstance(cfg.temperature, nn.Module) else cfg.temperature
+        layers = list(cfg.layers)
+        common = {"layers": layers, "pooler": cfg.pooler, "early_exit": cfg.early_exit}
+        src = sentence_vectors(model, batch["src_input_ids"], batch["src_attention_mask"], **common)
+        tgt = sentence_vectors(model, batch["tgt_input_ids"], batch["tgt_attention_mask"], **common)
+        per_layer = [
+            info_nce(s, t, temperature=temperature, symmetric=cfg.symmetric) for s, t in zip(src, tgt)
+        ]
+        contrastive = torch.stack(per_layer).mean()
+        parts["contrastive"] = contrastive.detach()
+        if len(layers) > 1:
+            for layer, value in zip(layers, per_layer):
+                parts[f"contrastive/layer{layer}"] = value.detach()
+        total = cfg.contrastive_weight * contrastive
+    if cfg.lm_weight > 0:
+        instruction = _lm_forward(model, batch)
+        parts["lm"] = instruction.detach()
+        total = cfg.lm_weight * instruction if total is None else total + cfg.lm_weight * instruction
+    parts["loss"] = total.detach()
+    return total, parts
