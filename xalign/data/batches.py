@@ -1,0 +1,97 @@
+"""Tokenise translation pairs and LM samples once, and collate micro-batches for the
+alignment step (the keys ``xalign.objectives.alignment_loss`` reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from xalign.data.instructions import LMSample
+from xalign.objectives.instruction import build_lm_example, collate_lm, pack_examples
+from xalign.pooling import position_ids_from_mask
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids with the tokenizer's own special tokens; a BOS is prepended only when the
+    tokenizer adds no special token itself (so XGLM's leading </s> is not doubled)."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) == len(plain) and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+@dataclass
+class TokenizedPairs:
+    src: list[list[int]] = field(default_factory=list)
+    tgt: list[list[int]] = field(default_factory=list)
+    langs: list[str] = field(default_factory=list)
+    too_long: int = 0
+
+
+def tokenize_pairs(tokenizer, pairs: Sequence[dict], *, max_length: int) -> TokenizedPairs:
+    """Pairs whose either side exceeds ``max_length`` are dropped and counted (never cut:
+    a cut sentence is no longer a translation of the other side)."""
+    out = TokenizedPairs()
+    for pair in pairs:
+        src, tgt = encode(tokenizer, pair["src"]), encode(tokenizer, pair["tgt"])
+        if len(src) > max_length or len(tgt) > max_length:
+            out.too_long += 1
+            continue
+        out.src.append(src)
+        out.tgt.append(tgt)
+        out.langs.append(pair["tgt_lang"])
+    return out
+
+
+def tokenize_lm(tokenizer, samples: Sequence[LMSample], *, max_length: int) -> tuple[list[dict], int]:
+    """(examples, prompts truncated): prompt tokens are cut from the start when a sample is
+    too long; response tokens never are."""
+    examples, truncated = [], 0
+    for sample in samples:
+        prompt = encode(tokenizer, sample.prompt)
+        response = tokenizer(" " + sample.response, add_special_tokens=False)["input_ids"]
+        ex = build_lm_example(prompt, response, max_length=max_length, eos_id=tokenizer.eos_token_id,
+                              truncate_prompt=True)
+        truncated += ex["prompt_truncated"] > 0
+        examples.append(ex)
+    return examples, truncated
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def collate_pairs(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    src_ids, src_mask = _pad(src, pad_id)
+    tgt_ids, tgt_mask = _pad(tgt, pad_id)
+    return {"src_input_ids": src_ids, "src_attention_mask": src_mask,
+            "tgt_input_ids": tgt_ids, "tgt_attention_mask": tgt_mask}
+
+
+def collate_lm_batch(examples: Sequence[dict], pad_id: int, *, pack: bool, max_length: int) -> dict[str, torch.Tensor]:
+    """LM micro-batch: one row per example, or packed rows (sample boundaries kept)."""
+    batch = pack_examples(examples, max_length, pad_id=pad_id) if pack else collate_lm(examples, pad_id)
+    out = {"lm_input_ids": batch["input_ids"], "lm_labels": batch["labels"],
+           "lm_attention_mask": batch["attention_mask"], "lm_position_ids": batch["position_ids"],
+           "lm_num_tokens": torch.tensor(sum(len(ex["input_ids"]) for ex in examples))}
+    return out
+
+
+def num_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real (non-pad) tokens in a collated micro-batch, pairs and LM rows together."""
+    total = 0
+    for key in ("src_attention_mask", "tgt_attention_mask"):
+        if key in batch:
+            total += int(batch[key].sum())
+    if "lm_num_tokens" in batch:
+        total += int(batch["lm_num_tokens"])
+    return total

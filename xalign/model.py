@@ -1,0 +1,83 @@
+"""Load any HF causal LM and its tokenizer: by hub id, local path, or the synthetic world's
+base model. No per-architecture code: AutoModelForCausalLM, the model's own LM head, weight
+tying kept."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+from xalign.config.schema import WORLD_MODEL, ModelConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer that cannot be used, with the key and value to fix."""
+
+
+def resolve_model_path(cfg: ModelConfig, world_dir: Optional[Path]) -> str:
+    """``world`` means the base model saved inside the synthetic world's directory."""
+    if cfg.name_or_path == WORLD_MODEL:
+        if world_dir is None:
+            raise ModelLoadError("model.name_or_path is 'world' but no synthetic world was built")
+        path = Path(world_dir) / "base_model"
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model.name_or_path is 'world' but {path} holds no model; "
+                                 "rebuild the world with `xalign world build`")
+        return str(path)
+    return str(Path(cfg.name_or_path).expanduser()) if cfg.name_or_path.startswith(("~",)) else cfg.name_or_path
+
+
+def load_tokenizer(cfg: ModelConfig, world_dir: Optional[Path] = None):
+    """The tokenizer, with a pad token (set from ``model.pad_token`` when it has none)."""
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or resolve_model_path(cfg, world_dir)
+    if cfg.tokenizer is None and cfg.name_or_path == WORLD_MODEL:
+        name = str(Path(world_dir) / "tokenizer")
+    if cfg.trust_remote_code:
+        log.warning("model.trust_remote_code is on: %s may run code from its repository", name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.tokenizer: cannot load a tokenizer from {name!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        if cfg.pad_token is None:
+            raise ModelLoadError(
+                f"the tokenizer of {name!r} has no pad token, which batching needs; set model.pad_token "
+                f"(e.g. model.pad_token=eos to reuse {tokenizer.eos_token!r}, or any token of its vocabulary)")
+        token = tokenizer.eos_token if cfg.pad_token == "eos" else cfg.pad_token
+        if token is None or token not in tokenizer.get_vocab():
+            raise ModelLoadError(f"model.pad_token: {cfg.pad_token!r} is not a token of {name!r}'s vocabulary")
+        tokenizer.pad_token = token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, world_dir: Optional[Path] = None, *, for_training: bool = False):
+    """The causal LM with gradient checkpointing when asked. Weights are in ``cfg.dtype``,
+    or fp32 master weights ``for_training`` (bf16 then comes from autocast)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name = resolve_model_path(cfg, world_dir)
+    if cfg.trust_remote_code:
+        log.warning("model.trust_remote_code is on: %s may run code from its repository", name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch.float32 if for_training else getattr(torch, DTYPES[cfg.dtype]),
+            trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model.name_or_path: cannot load a causal LM from {name!r}: {exc}") from exc
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+def num_blocks(model) -> int:
+    """Number of transformer blocks (hidden_states has this many + 1 entries)."""
+    return int(model.config.get_text_config().num_hidden_layers)

@@ -1,0 +1,76 @@
+"""The one place that talks to MLflow.
+
+The driver opens a run (params = the flattened config with dotted keys, the resolved YAML as
+an artifact) and closes it with its final status; rank 0 of the training workers logs step
+metrics into that run by id. Nothing else in xalign imports mlflow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from xalign.config.schema import TrackingConfig
+
+#: Where runs go when neither the config nor MLFLOW_TRACKING_URI says: a SQLite file in the
+#: working directory (MLflow 3 refuses a bare ./mlruns file store without a flag).
+DEFAULT_URI = "sqlite:///mlflow.db"
+_MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Make a relative SQLite path absolute, so workers with another cwd find the same file.
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def start_run(cfg: TrackingConfig, *, run_name: str, params: Mapping[str, Any], config_yaml: str,
+              tags: Optional[Mapping[str, str]] = None) -> str:
+    """Open an MLflow run with the config as params and as an artifact; return its id."""
+    from mlflow.entities import Param
+
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    run_id = run.info.run_id
+    items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i: i + 100])
+    client.log_text(run_id, config_yaml, "config.yaml")
+    return run_id
+
+
+def log_dict(cfg_uri: str, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+    _client(cfg_uri).log_dict(run_id, dict(data), artifact_file)
+
+
+def end_run(cfg: TrackingConfig, run_id: str, *, status: str) -> None:
+    """status: FINISHED | FAILED | KILLED."""
+    _client(tracking_uri(cfg)).set_terminated(run_id, status=status)
+
+
+class MetricLogger:
+    """Step metrics of one run, logged by rank 0 only, in batches."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client, self.run_id = _client(uri), run_id
+
+    def log(self, metrics: Mapping[str, float], *, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i: i + 1000])

@@ -1,0 +1,214 @@
+"""The Ray Train worker function: config -> setup_model -> setup_data -> setup_optimizer ->
+restore -> loop(alignment step) -> report. The only module that calls ray.train on workers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from xalign.config.schema import RunConfig
+from xalign.data import AlignmentData, build_alignment_data
+from xalign.model import load_model, load_tokenizer, num_blocks
+from xalign.objectives import LearnableTemperature, alignment_loss
+from xalign.pooling import resolve_layers
+from xalign.train.checkpoint import load_checkpoint, save_checkpoint
+from xalign.train.loop import Dist, NonFiniteLossError, make_scheduler, train_step
+
+# Ray Train routes worker logging to the driver's console (a plain print would show twice).
+log = logging.getLogger("xalign.train")
+
+#: Metric names of the MLflow contract (design.md) for the loss parts of alignment_loss.
+METRIC_NAMES = {"loss": "train/loss", "contrastive": "train/loss_contrastive", "lm": "train/loss_lm"}
+
+
+@dataclass
+class Objective:
+    """What alignment_loss needs, resolved against the model: absolute layer indices, and
+    the temperature (a float, or a LearnableTemperature module that is trained too)."""
+
+    contrastive_weight: float
+    lm_weight: float
+    temperature: Any
+    layers: tuple[int, ...]
+    pooler: str
+    symmetric: bool
+    early_exit: bool
+    module: torch.nn.Module  # holds the learnable parameters (empty when none)
+
+
+def setup_model(cfg: RunConfig, world_dir: Optional[str], device: torch.device):
+    tokenizer = load_tokenizer(cfg.model, Path(world_dir) if world_dir else None)
+    model = load_model(cfg.model, Path(world_dir) if world_dir else None, for_training=True).to(device)
+    model.train()
+    return model, tokenizer
+
+
+def setup_objective(cfg: RunConfig, model, device: torch.device) -> Objective:
+    o = cfg.objective
+    name = getattr(model.config, "_name_or_path", "model") or "model"
+    layers = tuple(resolve_layers(o.layer, num_blocks(model), model_name=name))
+    module = torch.nn.Module()
+    temperature: Any = o.temperature
+    if o.learn_temperature:
+        module = LearnableTemperature(o.temperature).to(device)
+        temperature = module
+    return Objective(o.contrastive_weight, o.lm_weight, temperature, layers, o.pooler, o.symmetric,
+                     o.early_exit, module)
+
+
+def setup_data(cfg: RunConfig, tokenizer, world_dir: Optional[str], dist: Dist) -> AlignmentData:
+    data = build_alignment_data(cfg, tokenizer, Path(world_dir) if world_dir else None)
+    return data.shard(seed=cfg.seed, local_batch=cfg.optim.batch_size, world_size=dist.world_size, rank=dist.rank)
+
+
+def setup_optimizer(cfg: RunConfig, model, objective: Objective):
+    params = [p for p in model.parameters() if p.requires_grad] + list(objective.module.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    warmup = int(cfg.optim.warmup_ratio * cfg.optim.max_steps)
+    scheduler = make_scheduler(optimizer, schedule=cfg.optim.schedule, warmup_steps=warmup,
+                               max_steps=cfg.optim.max_steps)
+    return optimizer, scheduler, params
+
+
+def derived_quantities(cfg: RunConfig, objective: Objective, model, dist: Dist, data: AlignmentData) -> list[str]:
+    """The numbers worth seeing before a run starts (nanoGPT style)."""
+    per_step = cfg.optim.batch_size * cfg.optim.grad_accum_steps * dist.world_size
+    global_batch = cfg.optim.batch_size * dist.world_size
+    lines = [f"workers: {dist.world_size}, global batch: {global_batch} pairs + {global_batch} LM samples "
+             f"per micro-batch, {per_step} of each per optimizer step"]
+    if objective.contrastive_weight > 0:
+        negatives = global_batch - 1
+        lines.append(f"contrastive: {negatives} in-batch negatives per anchor, pooler {objective.pooler!r} at "
+                     f"hidden_states{list(objective.layers)} of {num_blocks(model)} blocks (0 = embeddings), "
+                     f"temperature {cfg.objective.temperature}{' (learned)' if cfg.objective.learn_temperature else ''}, "
+                     f"{'symmetric' if objective.symmetric else 'pivot -> other'}, early exit "
+                     f"{'on' if objective.early_exit else 'off'}")
+    lines.append(f"losses: {objective.contrastive_weight} x contrastive + {objective.lm_weight} x instruction LM")
+    lines.append(f"data: {len(data.pairs.src)} pairs {data.stats['pairs']}, {len(data.lm_examples)} LM samples "
+                 f"{data.stats['instructions']}")
+    lines.append(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
+                 f"{cfg.optim.max_steps} steps, lr {cfg.optim.lr} ({cfg.optim.schedule}, warm-up "
+                 f"{int(cfg.optim.warmup_ratio * cfg.optim.max_steps)} steps)")
+    return lines
+
+
+@dataclass
+class Run:
+    """Everything one worker holds during a run; ``step(i)`` is one optimizer step."""
+
+    cfg: RunConfig
+    model: Any
+    tokenizer: Any
+    objective: Objective
+    data: AlignmentData
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list
+    dist: Dist
+    device: torch.device
+
+    def step(self, step: int) -> dict[str, float]:
+        """Optimizer step ``step`` (0-based): its micro-batches are a pure function of it."""
+        accum = self.cfg.optim.grad_accum_steps
+        use_c, use_lm = self.objective.contrastive_weight > 0, self.objective.lm_weight > 0
+        micro = [{k: v.to(self.device) for k, v in
+                  self.data.micro_batch(step * accum + i, contrastive=use_c, lm=use_lm).items()}
+                 for i in range(accum)]
+        autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+                    if self.cfg.model.dtype == "bf16" else None)
+        return train_step(self.model, self.optimizer, self.scheduler, micro,
+                          lambda m, b: alignment_loss(m, b, self.objective), step=step + 1,
+                          max_grad_norm=self.cfg.optim.max_grad_norm, dist=self.dist, params=self.params,
+                          count_tokens=self.data.count_tokens, autocast=autocast)
+
+    def save(self, directory: Path, *, step: int) -> None:
+        save_checkpoint(directory, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                        scheduler=self.scheduler, objective=self.objective.module, step=step)
+
+    def restore(self, directory: Path) -> int:
+        return load_checkpoint(directory, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                               objective=self.objective.module)
+
+
+def setup_run(cfg: RunConfig, world_dir: Optional[str], dist: Dist, device: torch.device) -> Run:
+    torch.manual_seed(cfg.seed + dist.rank)
+    model, tokenizer = setup_model(cfg, world_dir, device)
+    objective = setup_objective(cfg, model, device)
+    data = setup_data(cfg, tokenizer, world_dir, dist)
+    optimizer, scheduler, params = setup_optimizer(cfg, model, objective)
+    return Run(cfg, model, tokenizer, objective, data, optimizer, scheduler, params, dist, device)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = RunConfig.model_validate(config["run"])
+    dist = Dist.current()
+    run = setup_run(cfg, config.get("world_dir"), dist, ray.train.torch.get_device())
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            start_step = run.restore(Path(directory))
+    logger = None
+    if dist.rank == 0:
+        for line in derived_quantities(cfg, run.objective, run.model, dist, run.data):
+            log.info("[xalign] %s", line)
+        if start_step:
+            log.info("[xalign] resuming from the checkpoint at step %d", start_step)
+        if config.get("mlflow_run_id"):
+            from xalign.tracking import MetricLogger
+
+            logger = MetricLogger(config["mlflow_uri"], config["mlflow_run_id"])
+
+    window: list[dict] = []
+    for step in range(start_step, cfg.optim.max_steps):
+        try:
+            metrics = run.step(step)
+        except NonFiniteLossError as exc:
+            # Every rank sees the same reduced loss, so all stop here together. Returning (not
+            # raising) keeps Ray from retrying a deterministic failure; the driver reports it.
+            ray.train.report({"train/nonfinite_step": exc.step,
+                              **{f"train/nonfinite_{k}": v for k, v in exc.parts.items()}})
+            return
+        window.append(metrics)
+        done = step + 1
+        save = done == cfg.optim.max_steps or (cfg.checkpoint.every_n_steps and done % cfg.checkpoint.every_n_steps == 0)
+        if not (save or done % cfg.tracking.log_every_n_steps == 0):
+            continue
+        report = {**summarise(window, run.objective), "step": done, "resumed_from_step": start_step}
+        window = []
+        if logger is not None:
+            logger.log(report, step=done)
+        if not save:
+            ray.train.report(report)
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            if dist.rank == 0:
+                run.save(Path(tmp), step=done)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if dist.rank == 0 else None,
+                             checkpoint_dir_name=f"step_{done:07d}")
+
+
+def summarise(window: list[dict], objective: Objective) -> dict[str, float]:
+    """Mean of the loss parts over the reporting window, tokens/s over its wall time."""
+    out: dict[str, float] = {}
+    for key, name in METRIC_NAMES.items():
+        values = [m[key] for m in window if key in m]
+        if values:
+            out[name] = sum(values) / len(values)
+    seconds = sum(m["seconds"] for m in window)
+    out["train/tokens_per_s"] = sum(m["tokens"] for m in window) / seconds if seconds > 0 else math.nan
+    out["train/lr"] = window[-1]["lr"]
+    out["train/grad_norm"] = window[-1]["grad_norm"]
+    if isinstance(objective.temperature, torch.nn.Module):
+        out["train/temperature"] = float(objective.temperature())
+    return out
