@@ -45,22 +45,40 @@ def _leaves(data: dict, prefix: str = ""):
 
 def _cmd_world_build(args: argparse.Namespace) -> int:
     from xalign.synthetic import build_world
+    from xalign.train.pretrain import BASE_MODEL_STAGE
 
     cfg = _world_config(args)
     out = Path(args.out) if args.out else None
+    stages = [] if args.no_model else [BASE_MODEL_STAGE]
     start = time.perf_counter()
-    result = build_world(cfg, out)
+    result = build_world(cfg, out, extra_stages=stages)
     seconds = time.perf_counter() - start
     manifest = result.manifest
     verb = "Reused" if result.reused else "Built"
-    print(f"{verb} world {manifest['hash'][:16]} in {seconds:.1f}s: {result.path}")
+    print(f"{verb} world {manifest['content_hash'][:16]} in {seconds:.1f}s: {result.path}")
+    heldout = manifest["parts"].get("base_model", {}).get("heldout_loss", {})
     for lang in manifest["languages"]:
-        stats = manifest["corpus"]["languages"][lang["code"]]
         pivot = " (pivot)" if lang["is_pivot"] else ""
-        print(f"  {lang['code']}{pivot}: {lang['script']}, {lang['order']}, "
-              f"{stats['tokens']:,} corpus tokens ({stats['share']:.1%})")
-    print(f"  parts: {', '.join(sorted(manifest['parts']))}")
+        loss = f", base model held-out loss {heldout[lang['code']]:.3f}" if lang["code"] in heldout else ""
+        print(f"  {lang['code']}{pivot}: {lang['script']} script, {lang['order']}, "
+              f"{lang['corpus_tokens']:,} corpus tokens ({lang['corpus_share']:.1%}){loss}")
+    print(f"  parts: {', '.join(manifest['stages'])}")
     print(f"  manifest: {result.path / 'manifest.json'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from xalign.config import load_run
+    from xalign.train.driver import train
+
+    cfg = load_run(args.file, args.overrides)
+    result = train(cfg)
+    losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("train/loss"))
+    print(f"Finished {result.steps} steps: {losses}")
+    print(f"  final model (HF format): {result.checkpoint_path}/model")
+    print(f"  run directory: {result.run_path}")
+    if result.mlflow_run_id:
+        print(f"  MLflow run: {result.mlflow_run_id}")
     return 0
 
 
@@ -79,20 +97,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = world_sub.add_parser("build", help="build (or reuse from cache) a synthetic world")
     p.add_argument("--out", help="output directory (default: the cache, by content hash)")
     p.add_argument("--config", help="take the world parameters from a run config's data.world")
+    p.add_argument("--no-model", action="store_true", help="build the data only, not the base model")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="world parameters, e.g. seed=1 languages=5")
     p.set_defaults(func=_cmd_world_build)
+
+    p = sub.add_parser("train", help="run one alignment run on Ray Train (local, or the cluster in RAY_ADDRESS)")
+    p.add_argument("file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from xalign.config import ConfigError
-    from xalign.synthetic import WorldError
+    import logging
 
+    from xalign.config import ConfigError
+    from xalign.model import ModelLoadError
+    from xalign.synthetic import WorldError
+    from xalign.train.driver import TrainingError
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[xalign] %(message)s"))
+    logging.getLogger("xalign").addHandler(handler)
+    logging.getLogger("xalign").setLevel(logging.INFO)
     try:
         return args.func(args)
-    except (ConfigError, WorldError, UserError) as exc:
+    except (ConfigError, WorldError, ModelLoadError, TrainingError, UserError) as exc:
         if args.debug:
             raise
         print(f"xalign {args.command}: error: {exc}", file=sys.stderr)
