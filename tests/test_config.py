@@ -66,7 +66,7 @@ tracking:
     assert len(problems) == 6, text
     assert f"{path}:2: `objective.temprature`: unknown key. Did you mean 'temperature'?" in text
     assert f"{path}:3: `objective.temperature`: must be > 0, got -1" in text
-    assert f"{path}:4: `objective.pooler`: unknown value 'avg'." in text and "Available: last, max, mean" in text
+    assert f"{path}:4: `objective.pooler`: Unknown pooler 'avg'. Did you mean 'mean'? Available: last, max, mean" in text
     assert f"{path}:6: `optim.lr`: must be a number, got 'fast'" in text
     assert f"{path}:7: `optim.max_steps`: must be > 0, got 0" in text
     assert f"{path}:11: `tracking.enabled`: must be true or false, got 'maybe'" in text

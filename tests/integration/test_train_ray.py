@@ -1,0 +1,75 @@
+"""`xalign train` on a local 2-CPU Ray cluster with 2 workers: logs to MLflow, survives a
+killed worker by resuming from its last checkpoint, and finishes with every step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def kill_a_worker_after(checkpoint_dir_glob: str, root: Path, killed: list, stop: threading.Event) -> None:
+    """Once a checkpoint directory appears (so the one before it is registered with Ray),
+    SIGKILL one live RayTrainWorker of this cluster."""
+    from ray.util.state import list_actors
+
+    while not stop.is_set():
+        if list(root.glob(checkpoint_dir_glob)):
+            actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            if actors:
+                os.kill(actors[0].pid, signal.SIGKILL)
+                killed.append(actors[0].pid)
+                return
+        time.sleep(0.05)
+
+
+def test_train_two_workers_logs_to_mlflow_and_resumes_after_a_worker_is_killed(
+        ray_cluster, tiny_world, tiny_world_overrides, tmp_path):
+    storage = tmp_path / "ray_results"
+    db = tmp_path / "mlflow.db"
+    overrides = [f"data.world.{o}" for o in tiny_world_overrides] + [
+        "scaling.num_workers=2", "optim.batch_size=4", "optim.max_steps=120", "optim.lr=1e-3",
+        "data.max_length=64", "checkpoint.every_n_steps=20", "checkpoint.keep=2", "checkpoint.max_failures=2",
+        "tracking.log_every_n_steps=10", f"tracking.tracking_uri=sqlite:///{db}",
+        f"checkpoint.storage_path={storage}", "tracking.run_name=kill-test", "tracking.experiment=it"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["gcs_address"]}
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_a_worker_after,
+                              args=("kill-test/step_0000040", storage, killed, stop), daemon=True)
+    killer.start()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "xalign.cli", "train", str(REPO / "sweeps/afp-synthetic.yaml"),
+                               *overrides], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    finally:
+        stop.set()
+        killer.join(timeout=5)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert killed, "the run ended before a worker could be killed"
+    assert "Finished 120 steps" in proc.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    run = client.search_runs([client.get_experiment_by_name("it").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "kill-test"
+    assert run.data.params["scaling.num_workers"] == "2" and run.data.params["objective.pooler"] == "mean"
+    assert run.data.metrics["step"] == 120
+    assert run.data.metrics["resumed_from_step"] >= 20          # the restarted workers resumed
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert max(m.step for m in history) == 120
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    checkpoints = sorted(p.name for p in (storage / "kill-test").glob("step_*"))
+    assert checkpoints[-1] == "step_0000120" and len(checkpoints) == 2      # keep=2
+    assert (storage / "kill-test" / "step_0000120" / "model" / "model.safetensors").is_file()
