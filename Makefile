@@ -32,6 +32,7 @@ install-test: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/xalign world build
+	$(VENV)/bin/xalign train sweeps/afp-synthetic.yaml
 
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -188,3 +188,30 @@ def test_missing_world_model_is_a_clear_error(tmp_path):
     cfg = from_overrides(RunConfig, [])
     with pytest.raises(ModelLoadError, match="holds no model"):
         load_model(cfg.model, tmp_path)
+
+
+def test_real_instruction_files_per_language_give_samples_and_pairs(tiny_world, tiny_world_overrides, tmp_path):
+    """Local Bactrian-X-shaped files, one per language ({lang}), read through `datasets`;
+    with no pairs source the contrastive pairs come from the same ids' texts."""
+    import json
+
+    from xalign.data import build_alignment_data
+
+    _, world_dir = tiny_world
+    for code, world_lang in (("en", "qaa"), ("zh", "qab")):
+        rows = (world_dir / "instructions" / f"{world_lang}.jsonl").read_text().splitlines()
+        rows = [json.loads(r) for r in rows if r.strip()]
+        rows = rows[:50] if code == "en" else rows[1:50]          # id 0 exists in en only
+        (tmp_path / f"{code}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = run_config(tiny_world_overrides, f"data.instructions.path={tmp_path}/{{lang}}.jsonl",
+                     "data.pivot=en", "data.languages=[zh]", "data.mix.repeat=1", "data.mix.cross_probability=1.0")
+    tokenizer = load_tokenizer(cfg.model, world_dir)
+    data = build_alignment_data(cfg, tokenizer, None)
+    assert data.stats["instruction_ids_dropped"] == 1
+    assert len(data.lm_examples) == 49 and len(data.pairs.src) == 49
+    assert data.stats["pairs"] == {"en-zh": 49}
+    assert set(data.stats["instructions"]) == {"en->zh", "zh->en"}   # cross_probability 1
+    bad = run_config(tiny_world_overrides, f"data.instructions.path={tmp_path}/{{lang}}.jsonl",
+                     "data.pivot=en", "data.languages=[de]")
+    with pytest.raises(ValueError, match=r"data.instructions.path: no file matches '.*/de.jsonl'"):
+        build_alignment_data(bad, tokenizer, None)

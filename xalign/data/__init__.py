@@ -60,8 +60,7 @@ INSTRUCTION_COLUMNS = ("id", "instruction", "input", "output")
 def read_sources(cfg: RunConfig, world_dir: Path | None):
     """(pivot, languages, pairs, instruction items by language and id, answer_in) from the
     configured real sources, the synthetic world filling in what is not configured."""
-    world = load_world_data(world_dir) if world_dir is not None and (
-        cfg.data.pairs is None or cfg.data.instructions is None) else None
+    world = load_world_data(world_dir) if world_dir is not None and cfg.data.instructions is None else None
     pivot = cfg.data.pivot or (world.pivot if world else None)
     languages = cfg.data.languages or (world.languages if world else None)
     if world is not None:
@@ -71,11 +70,6 @@ def read_sources(cfg: RunConfig, world_dir: Path | None):
         if pivot != world.pivot:
             raise ValueError(f"data.pivot: the world's pivot is {world.pivot!r}, got {pivot!r}")
     others = [lang for lang in languages if lang != pivot]
-    if cfg.data.pairs is not None:
-        pairs = [p for p in load_source(cfg.data.pairs, required=PAIR_COLUMNS, key="data.pairs")
-                 if p["tgt_lang"] in others and p["src_lang"] == pivot]
-    else:
-        pairs = [p for p in world.pairs if p["tgt_lang"] in others]
     if cfg.data.instructions is not None:
         items = {lang: {str(row["id"]): row for row in load_source(
                     cfg.data.instructions, required=INSTRUCTION_COLUMNS, lang=lang, key="data.instructions")}
@@ -83,7 +77,24 @@ def read_sources(cfg: RunConfig, world_dir: Path | None):
         answer_in = answer_in_english
     else:
         items, answer_in = world.instructions, world.answer_in
+    if cfg.data.pairs is not None:
+        pairs = [p for p in load_source(cfg.data.pairs, required=PAIR_COLUMNS, key="data.pairs")
+                 if p["tgt_lang"] in others and p["src_lang"] == pivot]
+    elif world is not None:
+        pairs = [p for p in world.pairs if p["tgt_lang"] in others]
+    else:
+        pairs = pairs_from_instructions(items, pivot=pivot, others=others)
     return pivot, others, pairs, items, answer_in
+
+
+def pairs_from_instructions(items, *, pivot: str, others) -> list[dict]:
+    """Translation pairs from instruction data parallel by id (as the released AFP data did):
+    the pivot's "instruction input" against the same id's text in each other language."""
+    def text(item: dict) -> str:
+        return " ".join(part for part in (item["instruction"], item.get("input", "")) if part)
+
+    return [{"src": text(items[pivot][i]), "tgt": text(items[lang][i]), "src_lang": pivot, "tgt_lang": lang}
+            for lang in others for i in sorted(set(items[pivot]) & set(items[lang]))]
 
 
 def build_alignment_data(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:

@@ -30,7 +30,9 @@ class TrainResult:
 
 
 def uses_world(cfg: RunConfig) -> bool:
-    return cfg.model.name_or_path == WORLD_MODEL or cfg.data.pairs is None or cfg.data.instructions is None
+    """The world is needed for its base model, or for data: its instructions when none are
+    configured (pairs come from configured pairs, else from the instructions)."""
+    return cfg.model.name_or_path == WORLD_MODEL or cfg.data.instructions is None
 
 
 def prepare_world(cfg: RunConfig) -> Optional[Path]:
