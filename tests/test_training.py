@@ -3,6 +3,7 @@ sample building, model loading. Seconds each, on the session's tiny world."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from pathlib import Path
@@ -215,3 +216,41 @@ def test_real_instruction_files_per_language_give_samples_and_pairs(tiny_world, 
                      "data.pivot=en", "data.languages=[de]")
     with pytest.raises(ValueError, match=r"data.instructions.path: no file matches '.*/de.jsonl'"):
         build_alignment_data(bad, tokenizer, None)
+
+
+def test_packed_lm_rows_give_the_same_loss_as_one_sample_per_row(tiny_world, tiny_world_overrides):
+    _, world_dir = tiny_world
+    plain = setup_run(run_config(tiny_world_overrides, "objective.contrastive_weight=0"), str(world_dir), Dist(), CPU)
+    packed = setup_run(run_config(tiny_world_overrides, "objective.contrastive_weight=0", "data.pack=true"),
+                       str(world_dir), Dist(), CPU)
+    batch = packed.data.micro_batch(0, contrastive=False, lm=True)
+    assert batch["lm_input_ids"].shape[0] < 4                      # 4 samples in fewer rows
+    assert packed.step(0)["lm"] == pytest.approx(plain.step(0)["lm"], rel=1e-5)
+
+
+def test_hard_negatives_come_from_a_pairs_column(tiny_world, tiny_world_overrides, tmp_path):
+    import json
+
+    _, world_dir = tiny_world
+    rows = [json.loads(r) for r in (world_dir / "pairs/train/qaa-qab.jsonl").read_text().splitlines()[:40]]
+    for i, row in enumerate(rows):
+        row["hard_negative"] = rows[(i + 1) % len(rows)]["tgt"]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = run_config(tiny_world_overrides, f"data.pairs.path={tmp_path}/pairs.jsonl", "data.pivot=qaa",
+                     "data.languages=[qab]", "objective.hard_negatives=true")
+    run = setup_run(cfg, str(world_dir), Dist(), CPU)
+    assert run.data.micro_batch(0, contrastive=True, lm=False)["neg_input_ids"].shape[0] == 4
+    assert math.isfinite(run.step(0)["contrastive"])
+    without = run_config(tiny_world_overrides, "objective.hard_negatives=true")
+    with pytest.raises(ValueError, match="objective.hard_negatives: only a data.pairs source"):
+        setup_run(without, str(world_dir), Dist(), CPU)
+
+
+def test_a_non_finite_report_becomes_an_error_naming_step_parts_and_checkpoint():
+    from xalign.train.driver import TrainingError, raise_if_nonfinite
+
+    raise_if_nonfinite({"train/loss": 1.0}, "/ckpt")                 # a normal result passes
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 12 \(contrastive=nan, lm=2\.5\); "
+                                            r"last good checkpoint: /runs/step_0000010"):
+        raise_if_nonfinite({"train/nonfinite_step": 12, "train/nonfinite_contrastive": float("nan"),
+                            "train/nonfinite_lm": 2.5}, "/runs/step_0000010")

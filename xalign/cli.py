@@ -44,10 +44,10 @@ def _leaves(data: dict, prefix: str = ""):
 
 
 def _cmd_world_build(args: argparse.Namespace) -> int:
+    cfg = _world_config(args)  # validate before importing torch and transformers
     from xalign.synthetic import build_world
     from xalign.train.pretrain import BASE_MODEL_STAGE
 
-    cfg = _world_config(args)
     out = Path(args.out) if args.out else None
     stages = [] if args.no_model else [BASE_MODEL_STAGE]
     start = time.perf_counter()

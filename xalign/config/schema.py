@@ -183,6 +183,8 @@ class ObjectiveConfig(Section):
     pooler: Annotated[str, AfterValidator(_check_pooler)] = "last"
     #: Both directions of InfoNCE (released: pivot -> other only).
     symmetric: bool = False
+    #: Add each pair's hard negative (a `hard_negative` column of data.pairs, in the target
+    #: language) to the candidates of the pivot -> other direction.
     hard_negatives: bool = False
     #: Run only the blocks up to the deepest pooled layer for the contrastive branch.
     early_exit: bool = True

@@ -43,7 +43,9 @@ class AlignmentData:
         batch: dict = {}
         if contrastive:
             idx = self.pair_order.indices(position)
-            batch.update(collate_pairs([self.pairs.src[i] for i in idx], [self.pairs.tgt[i] for i in idx], self.pad_id))
+            neg = [self.pairs.neg[i] for i in idx] if self.pairs.neg is not None else None
+            batch.update(collate_pairs([self.pairs.src[i] for i in idx], [self.pairs.tgt[i] for i in idx],
+                                       self.pad_id, neg))
         if lm:
             idx = self.lm_order.indices(position)
             batch.update(collate_lm_batch([self.lm_examples[i] for i in idx], self.pad_id,
@@ -77,8 +79,12 @@ def read_sources(cfg: RunConfig, world_dir: Path | None):
         answer_in = answer_in_english
     else:
         items, answer_in = world.instructions, world.answer_in
+    if cfg.objective.hard_negatives and cfg.data.pairs is None:
+        raise ValueError("objective.hard_negatives: only a data.pairs source can bring hard negatives (a "
+                         "`hard_negative` column, in the target language); the configured pairs have none")
     if cfg.data.pairs is not None:
-        pairs = [p for p in load_source(cfg.data.pairs, required=PAIR_COLUMNS, key="data.pairs")
+        required = PAIR_COLUMNS + (("hard_negative",) if cfg.objective.hard_negatives else ())
+        pairs = [p for p in load_source(cfg.data.pairs, required=required, key="data.pairs")
                  if p["tgt_lang"] in others and p["src_lang"] == pivot]
     elif world is not None:
         pairs = [p for p in world.pairs if p["tgt_lang"] in others]

@@ -27,6 +27,7 @@ def encode(tokenizer, text: str) -> list[int]:
 class TokenizedPairs:
     src: list[list[int]] = field(default_factory=list)
     tgt: list[list[int]] = field(default_factory=list)
+    neg: list[list[int]] | None = None      # a hard negative per pair, when the data has them
     langs: list[str] = field(default_factory=list)
     too_long: int = 0
 
@@ -34,14 +35,19 @@ class TokenizedPairs:
 def tokenize_pairs(tokenizer, pairs: Sequence[dict], *, max_length: int) -> TokenizedPairs:
     """Pairs whose either side exceeds ``max_length`` are dropped and counted (never cut:
     a cut sentence is no longer a translation of the other side)."""
-    out = TokenizedPairs()
+    with_neg = bool(pairs) and all("hard_negative" in p for p in pairs)
+    out = TokenizedPairs(neg=[] if with_neg else None)
     for pair in pairs:
-        src, tgt = encode(tokenizer, pair["src"]), encode(tokenizer, pair["tgt"])
-        if len(src) > max_length or len(tgt) > max_length:
+        sides = [encode(tokenizer, pair["src"]), encode(tokenizer, pair["tgt"])]
+        if with_neg:
+            sides.append(encode(tokenizer, pair["hard_negative"]))
+        if any(len(side) > max_length for side in sides):
             out.too_long += 1
             continue
-        out.src.append(src)
-        out.tgt.append(tgt)
+        out.src.append(sides[0])
+        out.tgt.append(sides[1])
+        if with_neg:
+            out.neg.append(sides[2])
         out.langs.append(pair["tgt_lang"])
     return out
 
@@ -70,11 +76,13 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def collate_pairs(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    src_ids, src_mask = _pad(src, pad_id)
-    tgt_ids, tgt_mask = _pad(tgt, pad_id)
-    return {"src_input_ids": src_ids, "src_attention_mask": src_mask,
-            "tgt_input_ids": tgt_ids, "tgt_attention_mask": tgt_mask}
+def collate_pairs(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], pad_id: int,
+                  neg: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+    batch = {}
+    for side, rows in (("src", src), ("tgt", tgt), ("neg", neg)):
+        if rows is not None:
+            batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"] = _pad(rows, pad_id)
+    return batch
 
 
 def collate_lm_batch(examples: Sequence[dict], pad_id: int, *, pack: bool, max_length: int) -> dict[str, torch.Tensor]:
@@ -89,7 +97,7 @@ def collate_lm_batch(examples: Sequence[dict], pad_id: int, *, pack: bool, max_l
 def num_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Real (non-pad) tokens in a collated micro-batch, pairs and LM rows together."""
     total = 0
-    for key in ("src_attention_mask", "tgt_attention_mask"):
+    for key in ("src_attention_mask", "tgt_attention_mask", "neg_attention_mask"):
         if key in batch:
             total += int(batch[key].sum())
     if "lm_num_tokens" in batch:

@@ -194,7 +194,8 @@ def alignment_loss(model: nn.Module, batch: dict, cfg: Any) -> tuple[torch.Tenso
     """(weighted total loss, parts) for one batch.
 
     ``batch``: src_input_ids/src_attention_mask and tgt_input_ids/tgt_attention_mask (the
-    translation pair; src is the anchor/pivot side) for the contrastive branch;
+    translation pair; src is the anchor/pivot side), optionally neg_input_ids/
+    neg_attention_mask (a hard negative per pair) for the contrastive branch;
     lm_input_ids/lm_labels/lm_attention_mask (+ optional lm_position_ids; a 4D mask for
     packed rows) for the instruction branch. ``parts`` holds detached "loss",
     "contrastive" and "lm" (only the branches computed), and "contrastive/layer<i>" when
@@ -215,8 +216,12 @@ def alignment_loss(model: nn.Module, batch: dict, cfg: Any) -> tuple[torch.Tenso
         common = {"layers": layers, "pooler": cfg.pooler, "early_exit": cfg.early_exit}
         src = sentence_vectors(model, batch["src_input_ids"], batch["src_attention_mask"], **common)
         tgt = sentence_vectors(model, batch["tgt_input_ids"], batch["tgt_attention_mask"], **common)
+        neg = [None] * len(layers)
+        if "neg_input_ids" in batch:  # one hard negative per pair, in the other language
+            neg = sentence_vectors(model, batch["neg_input_ids"], batch["neg_attention_mask"], **common)
         per_layer = [
-            info_nce(s, t, temperature=temperature, symmetric=cfg.symmetric) for s, t in zip(src, tgt)
+            info_nce(s, t, temperature=temperature, symmetric=cfg.symmetric, hard_negatives=n)
+            for s, t, n in zip(src, tgt, neg)
         ]
         contrastive = torch.stack(per_layer).mean()
         parts["contrastive"] = contrastive.detach()

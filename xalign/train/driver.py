@@ -73,6 +73,18 @@ def run_name(cfg: RunConfig) -> str:
     return cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def raise_if_nonfinite(metrics: dict, checkpoint: Optional[str]) -> None:
+    """The workers report a non-finite loss as metrics and stop (a retry would fail again);
+    turn that into an error naming the step, the loss parts and the last good checkpoint."""
+    if "train/nonfinite_step" not in metrics:
+        return
+    parts = {k.removeprefix("train/nonfinite_"): v for k, v in metrics.items()
+             if k.startswith("train/nonfinite_") and k != "train/nonfinite_step"}
+    shown = ", ".join(f"{k}={v:.6g}" for k, v in sorted(parts.items()))
+    raise TrainingError(f"non-finite loss at step {int(metrics['train/nonfinite_step'])} ({shown}); "
+                        f"last good checkpoint: {checkpoint or 'none'}. Lower optim.lr or check the data.")
+
+
 def train(cfg: RunConfig, *, name: Optional[str] = None) -> TrainResult:
     """One alignment run on Ray Train; blocks until it ends."""
     import ray.train
@@ -113,12 +125,7 @@ def train(cfg: RunConfig, *, name: Optional[str] = None) -> TrainResult:
             raise TrainingError(f"training failed after {cfg.checkpoint.max_failures} restart(s): {exc}") from exc
         metrics = dict(result.metrics or {})
         checkpoint = result.checkpoint.path if result.checkpoint else None
-        if "train/nonfinite_step" in metrics:
-            parts = {k.removeprefix("train/nonfinite_"): v for k, v in metrics.items()
-                     if k.startswith("train/nonfinite_") and k != "train/nonfinite_step"}
-            shown = ", ".join(f"{k}={v:.6g}" for k, v in sorted(parts.items()))
-            raise TrainingError(f"non-finite loss at step {int(metrics['train/nonfinite_step'])} ({shown}); "
-                                f"last good checkpoint: {checkpoint or 'none'}. Lower optim.lr or check the data.")
+        raise_if_nonfinite(metrics, checkpoint)
         status = "FINISHED"
         return TrainResult(int(metrics.get("step", 0)), metrics, checkpoint, result.path, run_id)
     finally:
