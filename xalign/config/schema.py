@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from xalign.config.base import Section
+from xalign.config.eval import EvalConfig
 from xalign.config.world import WorldConfig
 
 #: The pooler names; xalign.pooling holds the functions (a test keeps the two in step).
@@ -211,25 +212,6 @@ class OptimConfig(Section):
     grad_accum_steps: PositiveInt = 1
     #: Gradient-norm clip; 0 turns clipping off (released: 1.0).
     max_grad_norm: NonNegFloat = 1.0
-
-
-class EvalConfig(Section):
-    #: Task names from the evaluation registry; the synthetic world's by default.
-    tasks: list[str] = Field(default_factory=lambda: ["facts", "pawsx", "xcopa"])
-    #: Languages evaluated; None = every language the task has.
-    languages: Optional[list[str]] = None
-    #: Periodic evaluation every N optimizer steps; 0 = only at the end.
-    every_n_steps: NonNegInt = 0
-    #: Demonstrations per query.
-    shots: NonNegInt = 0
-    #: cross: template and demonstrations in the pivot, query in the target language (the
-    #: AFP setting); same: everything in the query's language.
-    protocol: Literal["cross", "same"] = "cross"
-    #: Demonstration-sampling seeds; results are averaged with their spread.
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    #: Cap on items per task and language (None = all); for quick periodic evals.
-    max_items: Optional[PositiveInt] = None
-    batch_size: PositiveInt = 16
 
 
 class TrackingConfig(Section):
