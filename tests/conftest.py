@@ -46,7 +46,7 @@ def xalign_home(tmp_path_factory):
 def tiny_world(xalign_home):
     """(WorldConfig, world directory) of a tiny world with its base model, in the cache."""
     from xalign.synthetic import build_world
-    from xalign.train.pretrain import BASE_MODEL_STAGE
+    from xalign.synthetic.base_model import BASE_MODEL_STAGE
 
     cfg = from_overrides(WorldConfig, TINY_WORLD)
     return cfg, build_world(cfg, extra_stages=[BASE_MODEL_STAGE]).path

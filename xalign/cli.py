@@ -46,7 +46,7 @@ def _leaves(data: dict, prefix: str = ""):
 def _cmd_world_build(args: argparse.Namespace) -> int:
     cfg = _world_config(args)  # validate before importing torch and transformers
     from xalign.synthetic import build_world
-    from xalign.train.pretrain import BASE_MODEL_STAGE
+    from xalign.synthetic.base_model import BASE_MODEL_STAGE
 
     out = Path(args.out) if args.out else None
     stages = [] if args.no_model else [BASE_MODEL_STAGE]
@@ -75,10 +75,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(cfg)
     losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("train/loss"))
     print(f"Finished {result.steps} steps: {losses}")
+    if result.evaluation is not None:
+        print(result.evaluation.table)
     print(f"  final model (HF format): {result.checkpoint_path}/model")
     print(f"  run directory: {result.run_path}")
     if result.mlflow_run_id:
         print(f"  MLflow run: {result.mlflow_run_id}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from xalign.config import from_overrides, load_run
+    from xalign.config.schema import RunConfig
+
+    if args.file is not None and "=" in args.file and not args.file.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.file)  # `xalign eval --model M key=value`: no file given
+        args.file = None
+    if args.file is None and args.model is None:
+        raise UserError("give a run config (RUN.yaml) or --model PATH")
+    overrides = list(args.overrides)
+    if args.tasks:
+        overrides.append(f"eval.tasks=[{', '.join(args.tasks)}]")
+    if args.languages:
+        overrides.append(f"eval.languages=[{', '.join(args.languages)}]")
+    if args.shots is not None:
+        overrides.append(f"eval.shots={args.shots}")
+    if args.split:
+        overrides.append(f"eval.split={args.split}")
+    if args.model:
+        overrides.append(f"model.name_or_path={args.model}")
+    cfg = load_run(args.file, overrides) if args.file else from_overrides(RunConfig, overrides)
+    from xalign.eval.run import run_evaluation
+
+    result = run_evaluation(cfg, out_dir=Path(args.out) if args.out else None)
+    print(result.table)
+    for key in ("align/retrieval/top1", "align/mexa"):
+        if key in result.metrics:
+            print(f"{key}: {100 * result.metrics[key]:.1f}")
+    print(f"({result.seconds:.1f}s; records and plots: {result.files[0].parent if result.files else '-'})")
     return 0
 
 
@@ -105,12 +139,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a model: accuracy per task and language, the gap, alignment metrics")
+    p.add_argument("file", nargs="?", help="a run config (its model, data and eval sections)")
+    p.add_argument("--model", help="a model to evaluate instead of the config's (HF id or local path)")
+    p.add_argument("--tasks", nargs="+")
+    p.add_argument("--languages", nargs="+")
+    p.add_argument("--shots", type=int)
+    p.add_argument("--split", choices=["dev", "test"])
+    p.add_argument("--out", help="where records and plots go (default: eval_results/<run name>-<time>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", default=[])
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may also follow options (`xalign eval RUN.yaml --model M a.b=1`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     import logging
 
     from xalign.config import ConfigError

@@ -52,8 +52,13 @@ def start_run(cfg: TrackingConfig, *, run_name: str, params: Mapping[str, Any], 
     return run_id
 
 
-def log_dict(cfg_uri: str, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
-    _client(cfg_uri).log_dict(run_id, dict(data), artifact_file)
+def log_results(cfg: TrackingConfig, run_id: str, metrics: Mapping[str, float], files=(), *, step: int = 0,
+                artifact_dir: str = "eval") -> None:
+    """Metrics at ``step`` and files (records, plots) as artifacts of an existing run."""
+    MetricLogger(tracking_uri(cfg), run_id).log(metrics, step=step)
+    client = _client(tracking_uri(cfg))
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_dir)
 
 
 def end_run(cfg: TrackingConfig, run_id: str, *, status: str) -> None:

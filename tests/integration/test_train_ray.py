@@ -70,6 +70,16 @@ def test_train_two_workers_logs_to_mlflow_and_resumes_after_a_worker_is_killed(
     assert max(m.step for m in history) == 120
     assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
+    # Periodic dev evaluations rank the checkpoints; the final test evaluation of the best one
+    # and of the starting model ("base/") land in the same run, with records and plots.
+    metrics = run.data.metrics
+    assert 0 <= metrics["dev/acc"] <= 1 and 0 <= metrics["eval/acc"] <= 1 and 0 <= metrics["base/acc"] <= 1
+    assert {"eval/facts/qaa/acc", "eval/xcopa/gap", "align/retrieval/top1", "align/mexa"} <= set(metrics)
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "eval")]
+    assert {"eval/eval_records.jsonl", "eval/base_records.jsonl", "eval/eval_accuracy.png"} <= set(artifacts)
+    assert "[eval]" in proc.stdout and "gap" in proc.stdout
+
     checkpoints = sorted(p.name for p in (storage / "kill-test").glob("step_*"))
-    assert checkpoints[-1] == "step_0000120" and len(checkpoints) == 2      # keep=2
+    # keep=2 best by dev accuracy, plus the latest, which Ray never deletes
+    assert checkpoints[-1] == "step_0000120" and len(checkpoints) <= 3
     assert (storage / "kill-test" / "step_0000120" / "model" / "model.safetensors").is_file()

@@ -185,3 +185,13 @@ def build_world(cfg: WorldConfig, out: Optional[Path] = None, *,
     if found is not None:
         return WorldResult(target, found, reused=True)
     return WorldResult(target, manifest, reused=False)
+
+
+def ensure_world(cfg: WorldConfig, *, with_model: bool) -> Path:
+    """The cached world of ``cfg`` (built if missing), with its base model when asked."""
+    from xalign.synthetic.base_model import BASE_MODEL_STAGE
+
+    with_stage = worlds_home() / content_hash(cfg, [BASE_MODEL_STAGE[0]])[:16]
+    if not with_model and existing_world(with_stage, content_hash(cfg, [BASE_MODEL_STAGE[0]])) is not None:
+        return with_stage  # the same world with its base model is already built: its data serves
+    return build_world(cfg, extra_stages=[BASE_MODEL_STAGE] if with_model else []).path

@@ -27,6 +27,7 @@ class TrainResult:
     checkpoint_path: Optional[str]
     run_path: str
     mlflow_run_id: Optional[str]
+    evaluation: Optional[object] = None   # xalign.eval.evaluator.EvalResult of the final test evaluation
 
 
 def uses_world(cfg: RunConfig) -> bool:
@@ -40,11 +41,9 @@ def prepare_world(cfg: RunConfig) -> Optional[Path]:
     model when the run starts from it."""
     if not uses_world(cfg):
         return None
-    from xalign.synthetic import build_world
-    from xalign.train.pretrain import BASE_MODEL_STAGE
+    from xalign.synthetic import ensure_world
 
-    stages = [BASE_MODEL_STAGE] if cfg.model.name_or_path == WORLD_MODEL else []
-    return build_world(cfg.data.world, extra_stages=stages).path
+    return ensure_world(cfg.data.world, with_model=cfg.model.name_or_path == WORLD_MODEL)
 
 
 def init_ray(cfg: RunConfig) -> None:
@@ -71,6 +70,85 @@ def init_ray(cfg: RunConfig) -> None:
 
 def run_name(cfg: RunConfig) -> str:
     return cfg.tracking.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def evaluation_plan(cfg: RunConfig, world_dir: Optional[Path]) -> dict:
+    """What the workers and the final evaluation need to know: whether to evaluate, the
+    pivot, and the world whose tasks are evaluated (None = real tasks)."""
+    from xalign.eval.run import evaluates_world
+
+    if not cfg.eval.tasks:
+        return {"evaluate": False}
+    eval_world = world_dir if world_dir is not None and evaluates_world(cfg) else None
+    if eval_world is not None:
+        from xalign.synthetic import load_manifest
+
+        pivot = load_manifest(Path(eval_world) / "manifest.json")["pivot"]
+    else:
+        pivot = cfg.data.pivot or "en"
+    return {"evaluate": True, "pivot": pivot, "eval_world_dir": str(eval_world) if eval_world else None}
+
+
+def local_eval_dir(run_path: str) -> Path:
+    """Records and plots go next to the checkpoints when storage is local; for s3:// or
+    gs:// storage they go to a local temp folder (and to MLflow as artifacts)."""
+    if "://" in run_path:
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="xalign-eval-"))
+    return Path(run_path) / "eval"
+
+
+def best_checkpoint(result):
+    """The checkpoint with the highest dev accuracy (Ray keeps them ranked by it)."""
+    scored = [(m.get("dev/acc"), c) for c, m in (result.best_checkpoints or []) if m.get("dev/acc") is not None]
+    return max(scored, key=lambda pair: pair[0])[1] if scored else result.checkpoint
+
+
+def final_evaluation(cfg: RunConfig, checkpoint_path: str, world_dir: Optional[Path], plan: dict, *,
+                     run_id: Optional[str], step: int, out_dir: Path):
+    """Evaluate the chosen checkpoint on ``eval.split`` (test by default) and, with
+    ``eval.baseline``, the starting model too ("base/..." metrics: the gap before
+    alignment); log both to the run. Runs as a Ray task with one worker's resources."""
+    import ray
+
+    s = cfg.scaling
+    task = ray.remote(_evaluate_checkpoint).options(num_cpus=s.cpus_per_worker,
+                                                    num_gpus=s.gpus_per_worker if s.use_gpu else 0)
+    return ray.get(task.remote(cfg.model_dump(mode="json"), checkpoint_path, str(world_dir) if world_dir else None,
+                               plan, run_id, step, str(out_dir)))
+
+
+def _evaluate_checkpoint(cfg_data: dict, checkpoint_path: str, world_dir: Optional[str], plan: dict,
+                         run_id: Optional[str], step: int, out_dir: str):
+    import ray.train
+
+    from xalign import tracking
+    from xalign.eval.evaluator import EvalResult, Target, evaluate
+    from xalign.model import load_model, load_tokenizer, num_blocks
+    from xalign.pooling import resolve_layers
+
+    cfg = RunConfig.model_validate(cfg_data)
+    world = Path(world_dir) if world_dir else None
+    eval_world = Path(plan["eval_world_dir"]) if plan.get("eval_world_dir") else None
+    merged: dict = {}
+    files: list = []
+    tables: list[str] = []
+    with ray.train.Checkpoint(checkpoint_path).as_directory() as directory:
+        trained = cfg.model.model_copy(update={"name_or_path": str(Path(directory) / "model"), "tokenizer": None})
+        entries = [("eval", trained, None)] + ([("base", cfg.model, world)] if cfg.eval.baseline else [])
+        for prefix, model_cfg, model_world in entries:
+            tokenizer, model = load_tokenizer(model_cfg, model_world), load_model(model_cfg, model_world)
+            target = Target(pivot=plan["pivot"], languages=cfg.eval.languages, world_dir=eval_world,
+                            layer=max(resolve_layers(cfg.objective.layer, num_blocks(model))),
+                            pooler=cfg.objective.pooler)
+            result = evaluate(model, tokenizer, cfg.eval, target, prefix=prefix, out_dir=Path(out_dir))
+            merged.update(result.metrics)
+            files += result.files
+            tables.append(f"[{prefix}]\n{result.table}")
+    if run_id is not None:
+        tracking.log_results(cfg.tracking, run_id, merged, files, step=step)
+    return EvalResult(merged, "\n".join(tables), files)
 
 
 def raise_if_nonfinite(metrics: dict, checkpoint: Optional[str]) -> None:
@@ -104,16 +182,22 @@ def train(cfg: RunConfig, *, name: Optional[str] = None) -> TrainResult:
                                     tags={"xalign.kind": "train"})
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
+    plan = evaluation_plan(cfg, world_dir)
+    select = plan["evaluate"] and cfg.eval.select_best
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json"), "world_dir": str(world_dir) if world_dir else None,
-                           "mlflow_run_id": run_id, "mlflow_uri": uri},
+                           "mlflow_run_id": run_id, "mlflow_uri": uri, **plan},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=cfg.checkpoint.storage_path,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            # With evaluation on, checkpoints are ranked by dev accuracy (never test), so the
+            # best one survives `keep`.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.checkpoint.keep, checkpoint_score_attribute="dev/acc" if select else None,
+                checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
         ),
     )
@@ -126,8 +210,14 @@ def train(cfg: RunConfig, *, name: Optional[str] = None) -> TrainResult:
         metrics = dict(result.metrics or {})
         checkpoint = result.checkpoint.path if result.checkpoint else None
         raise_if_nonfinite(metrics, checkpoint)
+        evaluation = None
+        if plan["evaluate"] and result.checkpoint is not None:
+            chosen = best_checkpoint(result) if select else result.checkpoint
+            evaluation = final_evaluation(cfg, chosen.path, world_dir, plan, run_id=run_id,
+                                          step=int(metrics.get("step", 0)), out_dir=local_eval_dir(result.path))
+            metrics.update(evaluation.metrics)
         status = "FINISHED"
-        return TrainResult(int(metrics.get("step", 0)), metrics, checkpoint, result.path, run_id)
+        return TrainResult(int(metrics.get("step", 0)), metrics, checkpoint, result.path, run_id, evaluation)
     finally:
         if run_id is not None:
             tracking.end_run(cfg.tracking, run_id, status=status)

@@ -169,6 +169,7 @@ def train_loop_per_worker(config: dict) -> None:
 
             logger = MetricLogger(config["mlflow_uri"], config["mlflow_run_id"])
 
+    evaluator = setup_evaluation(config, run) if dist.rank == 0 else None
     window: list[dict] = []
     for step in range(start_step, cfg.optim.max_steps):
         try:
@@ -182,9 +183,15 @@ def train_loop_per_worker(config: dict) -> None:
         window.append(metrics)
         done = step + 1
         save = done == cfg.optim.max_steps or (cfg.checkpoint.every_n_steps and done % cfg.checkpoint.every_n_steps == 0)
-        if not (save or done % cfg.tracking.log_every_n_steps == 0):
+        dev_eval = config.get("evaluate", False) and (
+            save or (cfg.eval.every_n_steps and done % cfg.eval.every_n_steps == 0))
+        if not (save or dev_eval or done % cfg.tracking.log_every_n_steps == 0):
             continue
         report = {**summarise(window, run.objective), "step": done, "resumed_from_step": start_step}
+        if dev_eval:
+            # Rank 0 evaluates on DEV (selection never looks at test); the others wait at report.
+            dev = evaluator(run.model) if evaluator is not None else {}
+            report.update(dev)
         window = []
         if logger is not None:
             logger.log(report, step=done)
@@ -196,6 +203,24 @@ def train_loop_per_worker(config: dict) -> None:
                 run.save(Path(tmp), step=done)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if dist.rank == 0 else None,
                              checkpoint_dir_name=f"step_{done:07d}")
+
+
+def setup_evaluation(config: dict, run: Run):
+    """A function model -> dev metrics (``dev/...``), for periodic evaluations on rank 0."""
+    if not config.get("evaluate"):
+        return None
+    from xalign.eval.evaluator import Target, evaluate
+
+    cfg = run.cfg
+    world_dir = config.get("eval_world_dir")
+    target = Target(pivot=config["pivot"], languages=cfg.eval.languages, world_dir=Path(world_dir) if world_dir else None,
+                    layer=max(run.objective.layers), pooler=run.objective.pooler)
+
+    def dev_metrics(model) -> dict[str, float]:
+        result = evaluate(model, run.tokenizer, cfg.eval, target, split="dev", prefix="dev")
+        return {k: v for k, v in result.metrics.items() if "/layer" not in k}
+
+    return dev_metrics
 
 
 def summarise(window: list[dict], objective: Objective) -> dict[str, float]:

@@ -1,0 +1,107 @@
+"""The evaluator: a model and a tokenizer in, metrics (the contract's names), per-item
+records and plots out. Used stand-alone (`xalign eval`) and by the training loop (periodic
+dev evaluations, the final test evaluation). Never imports training code, never changes the
+tokenizer, never touches global RNG state."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from xalign.config.eval import EvalConfig
+from xalign.eval.metrics import summarise, table
+from xalign.eval.records import write_records
+from xalign.eval.scoring import NORMALIZATIONS, choose, score_items
+
+#: Metric suffix of each normalisation; the primary one (eval.normalization) is plain "acc".
+SUFFIX = {"none": "acc_sum", "token": "acc_token", "char": "acc_char"}
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    table: str
+    files: list[Path] = field(default_factory=list)   # records and plots, for MLflow artifacts
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is evaluated: the pivot, the languages, and where task data comes from."""
+
+    pivot: str
+    languages: Optional[Sequence[str]] = None    # None = every language each task has
+    world_dir: Optional[Path] = None             # the synthetic world's tasks, when set
+    layer: int = 1                               # absolute hidden-state index for MEXA/retrieval
+    pooler: str = "mean"
+
+
+def plan_items(cfg: EvalConfig, target: Target, *, split: Optional[str] = None):
+    """Every (task, language, seed) -> items, built before any model is loaded so that a bad
+    file, column, label or language fails first (all problems in one TaskError)."""
+    from xalign.eval.tasks import build_eval_items
+
+    items = build_eval_items(cfg, pivot=target.pivot, world_dir=target.world_dir, languages=target.languages,
+                             split=split)
+    return {key: value[: cfg.max_items] if cfg.max_items else value for key, value in items.items()}
+
+
+def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Optional[str] = None,
+             prefix: str = "eval", out_dir: Optional[Path] = None, representations: bool = True,
+             items: Optional[dict] = None) -> EvalResult:
+    """Score every task x language x seed (``items`` from ``plan_items``, built here when not
+    given), summarise, and (with ``out_dir``) write per-item records and plots there."""
+    start = time.perf_counter()
+    items = items if items is not None else plan_items(cfg, target, split=split)
+    accuracies: dict[str, dict[str, dict[str, list[float]]]] = {n: {} for n in NORMALIZATIONS}
+    all_items, all_scores = [], []
+    for (task, lang, _seed), batch in items.items():
+        scores = score_items(model, tokenizer, batch, batch_size=cfg.batch_size)
+        for norm in NORMALIZATIONS:
+            correct = [choose(s, norm) == item.gold for item, s in zip(batch, scores)]
+            accuracies[norm].setdefault(task, {}).setdefault(lang, []).append(sum(correct) / len(correct))
+        all_items += batch
+        all_scores += scores
+    metrics = summarise(accuracies[cfg.normalization], pivot=target.pivot, prefix=prefix)
+    for norm in NORMALIZATIONS:
+        for task, by_lang in accuracies[norm].items():
+            for lang, values in by_lang.items():
+                metrics[f"{prefix}/{task}/{lang}/{SUFFIX[norm]}"] = sum(values) / len(values)
+    files: list[Path] = []
+    vectors = None
+    if representations and target.world_dir is not None:
+        from xalign.eval.representations import alignment_metrics, embed_parallel
+
+        emb = embed_parallel(model, tokenizer, heldout_sentences(target.world_dir, target.pivot, target.languages),
+                             pooler=target.pooler, batch_size=cfg.batch_size)
+        metrics.update(alignment_metrics(emb, pivot=target.pivot, layer=target.layer))
+        vectors = {lang: v[target.layer] for lang, v in emb.vectors.items()}
+    if out_dir is not None:
+        from xalign.eval.plots import accuracy_bars, projection
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files.append(write_records(out_dir / f"{prefix}_records.jsonl", all_items, all_scores))
+        files.append(accuracy_bars(metrics, pivot=target.pivot, path=out_dir / f"{prefix}_accuracy.png", prefix=prefix))
+        if vectors is not None:
+            files.append(projection(vectors, path=out_dir / f"{prefix}_representations.png",
+                                    title=f"hidden_states[{target.layer}], {target.pooler} pooling (PCA)"))
+        (out_dir / f"{prefix}_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        files.append(out_dir / f"{prefix}_metrics.json")
+    return EvalResult(metrics, table(metrics, pivot=target.pivot, prefix=prefix), files, time.perf_counter() - start)
+
+
+def heldout_sentences(world_dir: Path, pivot: str, languages: Optional[Sequence[str]] = None) -> dict[str, list[str]]:
+    """The world's held-out parallel sentences: row i of every language is one meaning."""
+    out: dict[str, list[str]] = {}
+    for path in sorted((Path(world_dir) / "pairs" / "heldout").glob(f"{pivot}-*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lang = rows[0]["tgt_lang"]
+        if languages and lang not in languages:
+            continue
+        out.setdefault(pivot, [r["src"] for r in rows])
+        out[lang] = [r["tgt"] for r in rows]
+    return out
