@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from xalign.errors import XalignError
 
-class UserError(Exception):
+
+class UserError(XalignError):
     """A problem the user can fix (bad config, bad path): printed without a traceback."""
 
 
@@ -163,18 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     import logging
 
-    from xalign.config import ConfigError
-    from xalign.model import ModelLoadError
-    from xalign.synthetic import WorldError
-    from xalign.train.driver import TrainingError
-
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[xalign] %(message)s"))
     logging.getLogger("xalign").addHandler(handler)
     logging.getLogger("xalign").setLevel(logging.INFO)
     try:
         return args.func(args)
-    except (ConfigError, WorldError, ModelLoadError, TrainingError, UserError) as exc:
+    except XalignError as exc:
         if args.debug:
             raise
         print(f"xalign {args.command}: error: {exc}", file=sys.stderr)

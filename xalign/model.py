@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Optional
 
 from xalign.config.schema import WORLD_MODEL, ModelConfig
+from xalign.errors import XalignError
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(XalignError, ValueError):
     """A model or tokenizer that cannot be used, with the key and value to fix."""
 
 

@@ -118,7 +118,8 @@ class EvalConfig(Section):
     protocol: Literal["cross", "same"] = "cross"
     #: Demonstration-sampling seeds; results are averaged with their spread.
     seeds: list[int] = Field(default_factory=lambda: [0])
-    #: Cap on items per task and language (None = all); for quick periodic evals.
+    #: Cap on items per task and language for the periodic dev evaluations during training
+    #: and for `xalign eval` (None = all); the final test evaluation of a run uses all items.
     max_items: Optional[PositiveInt] = None
     batch_size: PositiveInt = 16
     #: Template family: "afp" = the paper's shapes (with the defects of method.md fixed);

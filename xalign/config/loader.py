@@ -14,6 +14,8 @@ from typing import Any, Iterable, Optional, Sequence, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from xalign.errors import XalignError
+
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -29,7 +31,7 @@ class Problem:
         return f"{prefix}{key}{self.message}"
 
 
-class ConfigError(ValueError):
+class ConfigError(XalignError, ValueError):
     """All problems of a config, listed together."""
 
     def __init__(self, problems: Sequence[Problem], *, source: Optional[str] = None):

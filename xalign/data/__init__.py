@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xalign.config.schema import RunConfig
-from xalign.data.batches import collate_lm_batch, collate_pairs, num_tokens, tokenize_lm, tokenize_pairs
+from xalign.data.batches import (
+    collate_lm_batch,
+    collate_pairs,
+    num_tokens,
+    tokenize_lm,
+    tokenize_pairs,
+)
 from xalign.data.instructions import cross_lingual_samples
 from xalign.data.languages import answer_in_english
 from xalign.data.sources import load_source

@@ -10,7 +10,6 @@ import torch
 
 from xalign.data.instructions import LMSample
 from xalign.objectives.instruction import build_lm_example, collate_lm, pack_examples
-from xalign.pooling import position_ids_from_mask
 
 
 def encode(tokenizer, text: str) -> list[int]:

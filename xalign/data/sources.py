@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from xalign.config.schema import SourceConfig
+from xalign.errors import XalignError
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
 
 
-class SourceError(ValueError):
+class SourceError(XalignError, ValueError):
     """A data source that cannot be read as configured."""
 
 

@@ -3,7 +3,11 @@
 Pure functions over tensors and HF models; importable without Ray or MLflow.
 """
 
-from xalign.objectives.contrastive import LearnableTemperature, gather_with_grad, info_nce
+from xalign.objectives.contrastive import (
+    LearnableTemperature,
+    gather_with_grad,
+    info_nce,
+)
 from xalign.objectives.instruction import (
     IGNORE_INDEX,
     build_lm_example,

@@ -6,8 +6,16 @@ data, built in seconds, in the same formats as the real data.
 
 from xalign.config.world import WorldConfig
 from xalign.synthetic.build import (
-    GENERATOR_VERSION, STAGES, WorldError, WorldResult, build_world, content_hash,
-    ensure_world, load_manifest, worlds_home)
+    GENERATOR_VERSION,
+    STAGES,
+    WorldError,
+    WorldResult,
+    build_world,
+    content_hash,
+    ensure_world,
+    load_manifest,
+    worlds_home,
+)
 
 __all__ = ["GENERATOR_VERSION", "STAGES", "WorldConfig", "WorldError", "WorldResult",
            "build_world", "content_hash", "ensure_world", "load_manifest", "worlds_home"]

@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from xalign.config.world import WorldConfig
-from xalign.synthetic.parts import (write_corpus, write_instructions, write_lexicon,
-                                    write_pairs, write_tasks, write_tokenizer)
+from xalign.errors import XalignError
+from xalign.synthetic.parts import (
+    write_corpus,
+    write_instructions,
+    write_lexicon,
+    write_pairs,
+    write_tasks,
+    write_tokenizer,
+)
 from xalign.synthetic.world import make_world
 
 #: Bump when the generator's output changes for the same config: it is part of the hash.
@@ -38,7 +45,7 @@ STAGES: tuple[tuple[str, Stage], ...] = (
 )
 
 
-class WorldError(Exception):
+class WorldError(XalignError):
     """A world cannot be built or read where asked."""
 
 

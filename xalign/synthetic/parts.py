@@ -16,9 +16,20 @@ from typing import Callable, Iterable, Optional, TypeVar
 
 from xalign.config.world import RELATIONS, WorldConfig
 from xalign.synthetic.lexicon import value_concept
-from xalign.synthetic.world import (ANCHOR, PIVOT_ONLY, SHARED, Causal, Event, Fact,
-                                    FactStatement, Interaction, Meaning, Speaker, World,
-                                    make_world)
+from xalign.synthetic.world import (
+    ANCHOR,
+    PIVOT_ONLY,
+    SHARED,
+    Causal,
+    Event,
+    Fact,
+    FactStatement,
+    Interaction,
+    Meaning,
+    Speaker,
+    World,
+    make_world,
+)
 
 T = TypeVar("T")
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>")

@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from typing import Union
 
 from xalign.config.world import RELATIONS, WorldConfig
-from xalign.synthetic.lexicon import (PUNCTUATION, Language, make_languages, make_names,
-                                      make_words, value_concept)
+from xalign.synthetic.lexicon import (
+    PUNCTUATION,
+    Language,
+    make_languages,
+    make_names,
+    make_words,
+    value_concept,
+)
 
 ANCHOR, SHARED, PIVOT_ONLY = "anchor", "shared", "pivot_only"
 

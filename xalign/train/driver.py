@@ -14,9 +14,10 @@ import yaml
 
 from xalign.config import flatten
 from xalign.config.schema import WORLD_MODEL, RunConfig
+from xalign.errors import XalignError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(XalignError, RuntimeError):
     """A run that could not finish, with what to look at."""
 
 
@@ -142,7 +143,8 @@ def _evaluate_checkpoint(cfg_data: dict, checkpoint_path: str, world_dir: Option
             target = Target(pivot=plan["pivot"], languages=cfg.eval.languages, world_dir=eval_world,
                             layer=max(resolve_layers(cfg.objective.layer, num_blocks(model))),
                             pooler=cfg.objective.pooler)
-            result = evaluate(model, tokenizer, cfg.eval, target, prefix=prefix, out_dir=Path(out_dir))
+            result = evaluate(model, tokenizer, cfg.eval.model_copy(update={"max_items": None}), target,
+                              prefix=prefix, out_dir=Path(out_dir))
             merged.update(result.metrics)
             files += result.files
             tables.append(f"[{prefix}]\n{result.table}")

@@ -10,7 +10,15 @@ Nothing here imports torch or transformers; ``datasets`` is imported only to rea
 Parquet files or save_to_disk directories.
 """
 
-from xalign.eval.tasks.base import FAMILIES, PROTOCOLS, SPLITS, Hub, Task, TaskError, Template
+from xalign.eval.tasks.base import (
+           FAMILIES,
+           PROTOCOLS,
+           SPLITS,
+           Hub,
+           Task,
+           TaskError,
+           Template,
+)
 from xalign.eval.tasks.build import build_eval_items, build_items
 from xalign.eval.tasks.data import load_rows, origin, task_languages
 from xalign.eval.tasks.registry import TASKS, get_task, task_names

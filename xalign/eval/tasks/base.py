@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
+from xalign.errors import XalignError
+
 #: Template families: the paper's shapes, and lm-evaluation-harness 0.4.13's strings.
 FAMILIES = ("afp", "lm_eval")
 #: dev: demonstrations and checkpoint selection; test: reported numbers.
@@ -30,7 +32,7 @@ PROTOCOLS = ("same", "cross")
 FEWSHOT_DELIMITER = "\n\n"
 
 
-class TaskError(ValueError):
+class TaskError(XalignError, ValueError):
     """A task, language, split, file, column or template that cannot be evaluated as asked.
     Raised while items are built, before any model is loaded."""
 

@@ -19,9 +19,24 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from xalign.eval.items import EvalItem
-from xalign.eval.tasks.base import (FAMILIES, FEWSHOT_DELIMITER, PROTOCOLS, SPLITS, Task, TaskError, Template,
-                                    did_you_mean, unknown)
-from xalign.eval.tasks.data import Sources, check_language, load_rows, origin, task_languages
+from xalign.eval.tasks.base import (
+    FAMILIES,
+    FEWSHOT_DELIMITER,
+    PROTOCOLS,
+    SPLITS,
+    Task,
+    TaskError,
+    Template,
+    did_you_mean,
+    unknown,
+)
+from xalign.eval.tasks.data import (
+    Sources,
+    check_language,
+    load_rows,
+    origin,
+    task_languages,
+)
 from xalign.eval.tasks.registry import get_task
 
 
