@@ -1,7 +1,8 @@
 """The evaluator's scoring engine: cached-prefix scores equal a plain full forward per
 request, for RoPE (Llama), absolute-position (GPT-2) and ALiBi (BLOOM) models, either
-padding side, BPE merges across the prefix boundary, batching, records, and parity with
-lm-evaluation-harness's HFLM. Tiny models and tokenizers built locally; no hub."""
+padding side, BPE merges across the prefix boundary, batching, per-option contexts
+(lm-eval's "multiple input" mode), records, and parity with lm-evaluation-harness's HFLM.
+Tiny models and tokenizers built locally; no hub."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from transformers import (
 )
 
 from xalign.eval.items import EvalItem, OptionScore
-from xalign.eval.records import accuracy_from_records, read_records, write_records
+from xalign.eval.records import accuracy_from_records, read_records, record_prompts, write_records
 from xalign.eval.scoring import (
     choose,
     leading_tokens,
@@ -103,6 +104,26 @@ def build_model(kind: str, vocab_size: int, *, seed: int = 0, dtype=torch.float3
     return model.to(dtype).eval()
 
 
+#: lm-eval's "multiple input" shape (Winogrande, XWinograd): (part 1, the names that fill the
+#: blank, part 2). Option j's context is part 1 + name j; part 2 is scored after each.
+#: (No request here has the tokens of a make_items request less its last token but a longer
+#: continuation: HFLM's one-token logits cache would mis-score that one, logits_cache=False not.)
+WINOGRAD = [
+    ("Question: is the ", ("cat", "dog"), " happy today? Answer: yes"),
+    ("the cat sat on the ", ("mat", "park"), " and the dog ran in the park"),
+    ("", ("a dog", "a bird", "the cat"), " ran in the park today"),  # the blank opens the sentence
+    ("a bird is blue and the ", ("mat", "cat"), " is red today"),
+    ("Question: did ", ("a dog", "the cat"), " run in the park today? Answer:  no"),
+]
+
+
+def winograd_items(prefix: str, *, task: str = "w") -> list[EvalItem]:
+    """Items with per-option contexts (``EvalItem.contexts``) and a shared continuation."""
+    return [EvalItem(task, "en", f"{task}-{i}", prefix, part1, (part2,) * len(names), i % len(names),
+                     contexts=tuple(part1 + name for name in names))
+            for i, (part1, names, part2) in enumerate(WINOGRAD)]
+
+
 def make_items(prefix: str, *, task: str = "t", extra: bool = True) -> list[EvalItem]:
     items = [EvalItem(task, "en", f"{task}-{i}", prefix, q, OPTIONS, i % 3) for i, q in enumerate(QUESTIONS)]
     if extra:
@@ -137,7 +158,8 @@ def reference_option(model, tokenizer, prompt: str, option: str, lead: list[int]
 
 
 def reference_scores(model, tokenizer, items, lead) -> list[list[OptionScore]]:
-    return [[reference_option(model, tokenizer, it.prefix + it.context, o, lead) for o in it.options] for it in items]
+    return [[reference_option(model, tokenizer, it.prompt(j), o, lead) for j, o in enumerate(it.options)]
+            for it in items]
 
 
 def assert_scores_equal(got, want, tol=1e-4):
@@ -178,6 +200,7 @@ def test_cached_prefix_equals_full_forward(kind, side, wl_tokenizers):
     tokenizer = wl_tokenizers[side]
     model = build_model(kind, len(tokenizer))
     items = make_items(DEMOS, task="a") + make_items(HEADER, task="b") + make_items("", task="c")
+    items += winograd_items(DEMOS, task="wa") + winograd_items("", task="wc")
     items.append(EvalItem("d", "en", "prefix-is-context", "Question: is the cat happy? Answer:", "", OPTIONS, 0))
     items.append(EvalItem("d", "en", "all-empty", "", "", OPTIONS, 0))
     # context empty, one-token options, alone with its prefix: the prefix forward is all it takes
@@ -198,6 +221,9 @@ def test_no_bos_and_empty_context_uses_prefix_token(kind, wl_tokenizers):
     tokenizer = wl_tokenizers["left"]
     model = build_model(kind, len(tokenizer))
     items = make_items(DEMOS) + make_items("") + [EvalItem("d", "en", "blank", "", "  ", OPTIONS, 0)]
+    items += winograd_items(DEMOS) + winograd_items("", task="v")
+    # per-option contexts: only option 0's prompt is empty (the prefix token is its context)
+    items.append(EvalItem("d", "en", "one-empty", "", "", (" yes no", " yes no"), 1, contexts=(" ", "maybe")))
     got = score_items(model, tokenizer, items, batch_size=5, add_bos=False)
     assert_scores_equal(got, reference_scores(model, tokenizer, items, []))
 
@@ -213,7 +239,7 @@ def test_bpe_boundary_merge_uses_the_shared_part(bpe):
     model = build_model("llama", len(bpe))
     merged = [EvalItem("m", "en", str(i), "Question: is the ca", f"t happy{'?' * i} Answer:", OPTIONS, 0)
               for i in range(3)]
-    items = merged + make_items(DEMOS)
+    items = merged + make_items(DEMOS) + winograd_items(DEMOS)
     result = score_items_with_stats(model, bpe, items, batch_size=4)
     n_requests = sum(len(it.options) for it in items)
     assert result.stats.boundary_merges == n_requests and result.stats.fallbacks == 0
@@ -287,6 +313,55 @@ def test_prefix_encoded_once_per_distinct_prefix(wl_tokenizers):
                   for it in items)
     assert result.stats.tokens_run == sum(prefix_lens) + longest
     assert_scores_equal(result.scores, reference_scores(model, tokenizer, items, [tokenizer.bos_token_id]))
+
+
+@pytest.mark.parametrize("kind", ["llama", "bloom"])
+def test_per_option_contexts_score_their_own_prompt_on_one_prefix_cache(kind, wl_tokenizers):
+    """lm-eval's multiple-input mode: option j is the shared continuation after its own
+    context. Each option scores as a plain forward over ITS prompt (not the shared context),
+    and the demonstrations, common to all options of all items, are still run once."""
+    tokenizer = wl_tokenizers["right"]
+    model = build_model(kind, len(tokenizer))
+    items = winograd_items(DEMOS) + make_items(DEMOS)
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    calls = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((tuple(kwargs["input_ids"].shape), kwargs.get("past_key_values"))),
+        with_kwargs=True)
+    try:
+        result = score_items_with_stats(model, tokenizer, items, batch_size=3)
+    finally:
+        hook.remove()
+    assert [shape for shape, past in calls if past is None] == [(1, 1 + len(enc(DEMOS)))]  # the prefix, once
+    assert result.stats.prefixes == 1 and result.stats.cached == result.stats.requests
+    assert result.stats.fallbacks == 0 and result.stats.boundary_merges == 0
+    lead = [tokenizer.bos_token_id]
+    assert_scores_equal(result.scores, reference_scores(model, tokenizer, items, lead))
+    for item, scores in zip(winograd_items(DEMOS), result.scores):
+        # the option string is the same for every option, so are its length and tokens ...
+        assert len({(s.n_tokens, s.n_chars) for s in scores}) == 1 and scores[0].n_chars == len(item.options[0])
+        # ... and the scores differ by their contexts alone; the shared context would score them alike
+        assert len({round(s.logprob, 4) for s in scores}) == len(scores)
+        shared = reference_option(model, tokenizer, item.prefix + item.context, item.options[0], lead)
+        assert all(abs(s.logprob - shared.logprob) > 1e-3 for s in scores)
+    # an item with per-option contexts scores as one single-context item per option
+    singles = [EvalItem("s", "en", f"{it.idx}/{j}", it.prefix, it.contexts[j], (o,), 0)
+               for it in winograd_items(DEMOS) for j, o in enumerate(it.options)]
+    flat = [s for scores in result.scores[: len(WINOGRAD)] for s in scores]
+    assert_scores_equal([[s] for s in flat], score_items(model, tokenizer, singles, batch_size=3), tol=1e-5)
+
+
+def test_eval_item_contexts_rules():
+    item = EvalItem("w", "en", "0", "P\n\n", "The cup fell off ", (" Then.", " Then."), 1,
+                    contexts=("The cup fell off the table", "The cup fell off the shelf"))
+    assert item.prompt(1) == "P\n\nThe cup fell off the shelf" and item.context_of(0) == "The cup fell off the table"
+    assert item.prompts() == ("P\n\nThe cup fell off the table", "P\n\nThe cup fell off the shelf")
+    plain = EvalItem("t", "en", "1", "P", "Q:", (" a", " b"), 0)  # positional fields unchanged; no contexts
+    assert plain.contexts == () and plain.prompts() == ("PQ:", "PQ:")
+    with pytest.raises(ValueError, match="1 contexts for 2 options"):
+        EvalItem("w", "en", "2", "", "", (" x", " x"), 0, contexts=("a",))
+    with pytest.raises(ValueError, match=r"contexts \[1\] do not start with the shared context"):
+        EvalItem("w", "en", "3", "", "The ", (" x", " x"), 0, contexts=("The a", "A b"))
 
 
 def test_rows_shared_by_one_token_options_and_duplicates(wl_tokenizers):
@@ -379,7 +454,9 @@ def test_choose_normalizations_and_ties():
 def test_records_round_trip_and_rescore(tmp_path, wl_tokenizers):
     tokenizer = wl_tokenizers["right"]
     model = build_model("llama", len(tokenizer))
-    items = make_items(DEMOS) + make_items("", task="z")
+    items = make_items(DEMOS) + make_items("", task="z") + winograd_items(DEMOS)
+    items.append(EvalItem("w", "en", "same-contexts", DEMOS, "Question: is it?", (" yes", " no"), 0,
+                          contexts=("Question: is it?", "Question: is it?")))
     scores = score_items(model, tokenizer, items, batch_size=4)
     path = write_records(tmp_path / "out" / "records.jsonl", items, scores)
     first = path.read_bytes()
@@ -388,10 +465,18 @@ def test_records_round_trip_and_rescore(tmp_path, wl_tokenizers):
     records = read_records(path)
     assert [r["idx"] for r in records] == [it.idx for it in items]
     assert list(json.loads(first.splitlines()[0])) == sorted(json.loads(first.splitlines()[0]))
-    for record in records:
-        for option, logprob in zip(record["options"], record["logprob"]):
-            ref = reference_option(model, tokenizer, record["prompt"], option, [tokenizer.bos_token_id])
+    for item, record in zip(items, records):
+        assert record["prompt"] == item.prefix + item.context
+        # "prompts" only where the options' prompts differ: one per option, prefix included
+        assert ("prompts" in record) == (len(set(item.prompts())) > 1 or item.prompts()[0] != record["prompt"])
+        if "prompts" in record:
+            assert record["prompts"] == list(item.prompts())
+        assert record_prompts(record) == list(item.prompts())
+        # every score can be recomputed from the record alone
+        for prompt, option, logprob in zip(record_prompts(record), record["options"], record["logprob"]):
+            ref = reference_option(model, tokenizer, prompt, option, [tokenizer.bos_token_id])
             assert abs(ref.logprob - logprob) <= 1e-4
+    assert sum("prompts" in r for r in records) == len(WINOGRAD)
     for norm in ("none", "token", "char"):
         want = np.mean([choose(s, norm) == it.gold for it, s in zip(items, scores)])
         assert accuracy_from_records(records, norm) == pytest.approx(want)
@@ -414,8 +499,9 @@ def test_parity_with_lm_eval_hflm(template_bos, capsys):
     model = build_model("llama", len(tokenizer))
     hflm = huggingface.HFLM(pretrained=model, tokenizer=tokenizer, batch_size=16, device="cpu")
     for shots, prefix in (("0-shot", ""), ("2-shot", DEMOS)):
-        items = make_items(prefix) * 4
-        requests = [Instance("loglikelihood", {}, (it.prefix + it.context, o), i)
+        # per-option contexts: lm-eval's multiple-input requests (prefix + contexts[j], continuation)
+        items = (make_items(prefix) + winograd_items(prefix)) * 4
+        requests = [Instance("loglikelihood", {}, (it.prompt(i), o), i)
                     for it in items for i, o in enumerate(it.options)]
         start = time.perf_counter()
         theirs = hflm.loglikelihood(requests, disable_tqdm=True)

@@ -202,11 +202,17 @@ def test_options_differ_and_gold_is_the_true_statement(made_up, task, family, la
     rows = load_rows(get_task(task), lang, "test", sources=made_up["sources"])
     assert len(items) == len(rows) == 8
     words = WORD_TABLES.get((task, family), {}).get(lang, {})
+    partial = (task, family) == ("xwinograd", "lm_eval")  # lm-eval's multiple-input mode
     for item, row in zip(items, rows):
         assert isinstance(item, EvalItem) and item.prefix == ""
-        assert len(set(item.options)) == len(item.options) == get_task(task).n_options
+        assert bool(item.contexts) == partial
+        # what tells the answers apart: the options, or (partial) the options' own contexts
+        texts = [item.context_of(j) + o for j, o in enumerate(item.options)] if partial else list(item.options)
+        assert len(set(texts)) == len(texts) == get_task(task).n_options
+        if partial:  # one continuation, scored after each option's own context
+            assert len(set(item.options)) == 1 and len(set(item.contexts)) == len(item.contexts)
         is_gold = _answer_marker(task, family, words, row, item.gold)
-        assert [is_gold(o) for o in item.options] == [j == item.gold for j in range(len(item.options))], item
+        assert [is_gold(t) for t in texts] == [j == item.gold for j in range(len(item.options))], item
     assert {i.gold for i in items} == set(range(get_task(task).n_options))  # both/all labels occur
 
 
@@ -235,7 +241,7 @@ def test_a_model_that_knows_the_answers_picks_the_gold_option(made_up, world):
     vocab = {"<bos>": 0, "<pad>": 1}
     for items in groups.values():
         for item in items:
-            for text in (item.prefix, item.context, *item.options):
+            for text in (item.prefix, item.context, *item.contexts, *item.options):
                 for tok in _tokens(text):
                     vocab.setdefault(tok, len(vocab))
 
@@ -248,7 +254,7 @@ def test_a_model_that_knows_the_answers_picks_the_gold_option(made_up, world):
         ids = torch.tensor([s + [1] * (width - len(s)) for s in seqs])
         return ids, (ids != 1).long()
 
-    train = sorted({tuple(encode(i.prefix + i.context, i.options[i.gold])[0])
+    train = sorted({tuple(encode(i.prompt(i.gold), i.options[i.gold])[0])
                     for items in groups.values() for i in items})
     ids, mask = batch([list(t) for t in train])
     threads = torch.get_num_threads()
@@ -271,7 +277,7 @@ def test_a_model_that_knows_the_answers_picks_the_gold_option(made_up, world):
     assert loss.item() < 0.5, f"the model did not learn the gold renderings (loss {loss.item():.2f})"
     model.eval()
     for key, items in groups.items():
-        requests = [(n, j, *encode(i.prefix + i.context, o))
+        requests = [(n, j, *encode(i.prompt(j), o))
                     for n, i in enumerate(items) for j, o in enumerate(i.options)]
         ids, mask = batch([r[2] for r in requests])
         with torch.no_grad():
@@ -330,6 +336,13 @@ def _jinja(template: str, doc: dict):
     return jinja2.Template(template).render(**doc)
 
 
+XWINOGRAD_DOCS = make_rows("xwinograd", 4, seed=5) + [
+    {"sentence": "The cup fell off _ .  Then it broke.", "option1": "the table", "option2": "the shelf", "answer": "2"},
+    {"sentence": "Ann thanked Bea because _", "option1": "Ann", "option2": "Bea", "answer": "1"},  # blank at the end
+    {"sentence": "_ said  hi to Bea . ", "option1": "Ann", "option2": "Cy", "answer": "1"},  # at the start
+    {"sentence": "猫は_を見た。", "option1": "犬", "option2": "鳥", "answer": "2"},
+]
+
 TRICKY = {"pawsx": [{"id": "1", "sentence1": "He ( the king ) did n't say \" yes \" , he said no .",
                      "sentence2": "The king said no , he did n't say yes .", "label": 0},
                     {"id": "2", "sentence1": "It 's a test;", "sentence2": "it is a test .", "label": 1}]}
@@ -337,7 +350,9 @@ TRICKY = {"pawsx": [{"id": "1", "sentence1": "He ( the king ) did n't say \" yes
 
 def test_lm_eval_family_reproduces_the_harness_strings(made_up):
     """Our lm_eval (context, options) equal lm-eval's (doc_to_text, target_delimiter +
-    choice) built by the installed harness's own YAML and utils.py, for every language."""
+    choice) built by the installed harness's own YAML and utils.py, for every language;
+    for XWinograd ("multiple input" mode) the per-option contexts equal its doc_to_choice
+    and every option is its target_delimiter + doc_to_target."""
     tasks = _lm_eval_tasks_dir()
     lm_utils = {"paws-x": _lm_utils(tasks / "paws-x" / "utils.py"), "xcopa": _lm_utils(tasks / "xcopa" / "utils.py"),
                 "xwinograd": _lm_utils(tasks / "xwinograd" / "utils.py")}
@@ -351,18 +366,19 @@ def test_lm_eval_family_reproduces_the_harness_strings(made_up):
         processed = lm_utils["paws-x"].process_docs_paraphrases(_Docs(docs)) if "process_docs" in cfg else docs
         template = get_task("pawsx").templates["lm_eval"]
         for raw, doc in zip(docs, processed):
-            context, options = template.render(dict(raw), PAWSX_LM[lang], lang)
+            context, options, contexts = template.render(dict(raw), PAWSX_LM[lang], lang)
             choices = ast.literal_eval(_jinja(cfg["doc_to_choice"], doc))
-            assert context == cfg["doc_to_text"] == ""
+            assert context == cfg["doc_to_text"] == "" and contexts == ()
             assert options == tuple(cfg["target_delimiter"] + c for c in choices), (lang, raw)
             checked += 1
     for lang in get_task("xnli").languages:
         cfg = _lm_yaml(tasks / "xnli" / f"xnli_{lang}.yaml")
         template = get_task("xnli").templates["lm_eval"]
         for doc in make_rows("xnli", 6, seed=2):
-            context, options = template.render(dict(doc), XNLI_LM[lang], lang)
+            context, options, contexts = template.render(dict(doc), XNLI_LM[lang], lang)
             choices = ast.literal_eval(_jinja(cfg["doc_to_choice"], doc))
             assert (context, options) == ("", tuple(cfg.get("target_delimiter", " ") + c for c in choices)), lang
+            assert contexts == ()
             checked += 1
     for lang in get_task("xcopa").languages:
         template = get_task("xcopa").templates["lm_eval"]
@@ -379,8 +395,8 @@ def test_lm_eval_family_reproduces_the_harness_strings(made_up):
             to_text = getattr(lm_utils["xcopa"], cfg["doc_to_text"].split(".")[-1])
             to_choice = lm_utils["xcopa"].doc_to_choice
         for doc in docs:
-            context, options = template.render(dict(doc), XCOPA_LM[lang], lang)
-            assert context == to_text(dict(doc)), lang
+            context, options, contexts = template.render(dict(doc), XCOPA_LM[lang], lang)
+            assert context == to_text(dict(doc)) and contexts == (), lang
             # COPA's choices already start with " " and the harness adds target_delimiter " "
             # as well: a double space that XCOPA's files do not have; we keep one.
             assert options == tuple(" " + c.lstrip(" ") for c in to_choice(dict(doc))), lang
@@ -389,24 +405,69 @@ def test_lm_eval_family_reproduces_the_harness_strings(made_up):
         cfg = _lm_yaml(tasks / "xstorycloze" / f"default_{lang}.yaml")
         template = get_task("xstorycloze").templates["lm_eval"]
         for doc in make_rows("xstorycloze", 4, seed=4):
-            context, options = template.render(dict(doc), {}, lang)
-            assert context == _jinja(cfg["doc_to_text"], doc)
+            context, options, contexts = template.render(dict(doc), {}, lang)
+            assert context == _jinja(cfg["doc_to_text"], doc) and contexts == ()
             assert options == tuple(" " + c for c in ast.literal_eval(_jinja(cfg["doc_to_choice"], doc)))
             assert int(_jinja(cfg["doc_to_target"], doc)) == get_task("xstorycloze").gold(doc["answer_right_ending"])
             checked += 1
     for lang in get_task("xwinograd").languages:
+        cfg = _lm_yaml(tasks / "xwinograd" / f"xwinograd_{'jp' if lang == 'ja' else lang}.yaml")
         template = get_task("xwinograd").templates["lm_eval"]
         utils = lm_utils["xwinograd"]
-        docs = make_rows("xwinograd", 4, seed=5) + [{"sentence": "The cup fell off _ .  Then it broke.",
-                                                     "option1": "the table", "option2": "the shelf", "answer": "2"}]
-        for doc in docs:
-            context, options = template.render(dict(doc), {}, lang)
+        delimiter = cfg.get("target_delimiter", " ")
+        for doc in XWINOGRAD_DOCS:
+            context, options, contexts = template.render(dict(doc), {}, lang)
             # multiple-input mode: contexts differ per option, the continuation is shared
-            contexts, continuation = utils.doc_to_choice(doc), " " + utils.doc_to_target(doc)
-            assert (context, options) == ("", tuple(c + continuation for c in contexts))
+            assert contexts == tuple(utils.doc_to_choice(doc)), (lang, doc)
+            assert options == (delimiter + utils.doc_to_target(doc),) * 2, (lang, doc)
+            assert context == doc["sentence"][: doc["sentence"].index("_")]  # the text the contexts share
             assert utils.doc_to_text(doc) == get_task("xwinograd").gold(doc["answer"])
             checked += 1
     assert checked > 100
+
+
+@pytest.mark.parametrize("lang", LANGS["xwinograd"])
+def test_xwinograd_lm_eval_items_are_the_harness_requests(made_up, lang):
+    """lm-eval's own ConfigurableTask (the installed YAML and utils.py, "multiple input"
+    mode) builds the requests (prefix + contexts[j], " " + target) of our lm_eval items,
+    0-shot and with our demonstrations, in our order, as its few-shot turns: the gold
+    option's context, the continuation, "\\n\\n"."""
+    tasks = _lm_eval_tasks_dir()
+    datasets = pytest.importorskip("datasets")
+    from lm_eval.api.task import ConfigurableTask
+
+    def read(split: str) -> list[dict]:  # the raw rows, as the hub holds them
+        path = made_up["root"] / "xwinograd" / lang / f"{split}.jsonl"
+        return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+    docs, dev = read("test") + XWINOGRAD_DOCS, read("dev")
+    utils = _lm_utils(tasks / "xwinograd" / "utils.py")
+    cfg = _lm_yaml(tasks / "xwinograd" / f"xwinograd_{'jp' if lang == 'ja' else lang}.yaml")
+    for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        cfg[key] = getattr(utils, cfg[key].split(".")[-1])
+    cfg["custom_dataset"] = lambda **kwargs: datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+    template = get_task("xwinograd").templates["lm_eval"]
+
+    def as_item(doc: dict, prefix: str) -> EvalItem:
+        context, options, contexts = template.render(dict(doc), {}, lang)
+        return EvalItem("xwinograd", lang, "x", prefix, context, options, 0, contexts=contexts)
+
+    checked = 0
+    for shots, seed in ((0, 0), (2, 3), (3, 7)):
+        picks = random.Random(seed).sample(range(len(dev)), shots)  # build_items' draw
+        cfg["fewshot_config"] = {"sampler": "first_n", "samples": [dev[n] for n in picks]}
+        harness = ConfigurableTask(config=dict(cfg))
+        ours = build_items("xwinograd", lang, template="lm_eval", shots=shots, seed=seed, protocol="same",
+                           sources=made_up["sources"])
+        extra = [as_item(doc, ours[0].prefix) for doc in XWINOGRAD_DOCS]  # the tricky rows, same prefix
+        assert len(ours) + len(extra) == len(docs)
+        for item, doc in zip(ours + extra, harness.test_docs()):
+            ctx = harness.fewshot_context(doc, shots)
+            requests = harness.construct_requests(doc, ctx, metadata=("xwinograd", 0, 1))
+            assert [r.arguments for r in requests] == [(item.prompt(j), o) for j, o in enumerate(item.options)]
+            assert item.context == doc["sentence"][: doc["sentence"].index("_")]
+            checked += 1
+    assert checked == 3 * len(docs)
 
 
 # ---------------------------------------------------------------- real samples
@@ -613,6 +674,27 @@ def test_templates_without_an_option_slot_are_refused_when_defined():
              example={"premise": "p", "hypothesis": "h", "label": 0})
     with pytest.raises(TaskError, match=r"template words for 'de' lack \['yes'\]"):
         Template(context="", option="{option}", choices=("{w[no]}", "{w[yes]}"), words={"de": {"no": "Nein"}})
+
+
+def test_partial_scoring_templates_keep_the_same_rules():
+    """With a fill string (lm-eval's multiple-input mode) the answer goes in the context: the
+    fill needs the {option} slot, the shared option string must not have it, and answers
+    whose contexts render alike are refused."""
+    ok = Template(context="{part1}", fill=" {option}", option=" {part2}", choices=("{a}", "{b}"))
+    context, options, contexts = ok.render({"part1": "P", "part2": "Q", "a": "x", "b": "y"}, {}, "en")
+    assert (context, options, contexts) == ("P", (" Q", " Q"), ("P x", "P y"))
+    with pytest.raises(TaskError, match=r"fill string '\{part1\}' has no \{option\} slot"):
+        Template(context="", fill="{part1}", option=" {part2}", choices=("a", "b"))
+    with pytest.raises(TaskError, match=r"contains the \{option\} slot, but with a fill string"):
+        Template(context="{part1}", fill="{option}", option=" {option}{part2}", choices=("a", "b"))
+    with pytest.raises(TaskError, match=r"template context .* contains the \{option\} slot"):
+        Template(context="{part1}{option}", fill="{option}", option=" {part2}", choices=("a", "b"))
+    with pytest.raises(TaskError, match="options render alike"):
+        Task(name="bad_wino", fields=("sentence", "option1", "option2"), label="answer", gold=int, n_options=2,
+             languages=("en",),
+             templates={f: Template(context="{sentence}", fill="{option}", option=" end", words={"en": {"x": ""}},
+                                    choices=("{option1}{w[x]}", "{option1}")) for f in FAMILIES},
+             example={"sentence": "s", "option1": "a", "option2": "b", "answer": 0})
 
 
 def test_other_bad_requests():

@@ -82,7 +82,7 @@ def test_accuracy_equals_lm_eval_on_the_real_samples(tmp_path, capsys):
     items = plan_items(cfg, Target(pivot="en"))
     assert {(task, lang) for task, lang, _ in items} == {("pawsx", "de"), ("pawsx", "en"), ("pawsx", "zh"),
                                                          ("xcopa", "en"), ("xcopa", "vi"), ("xcopa", "zh")}
-    texts = [it.prefix + it.context + o for batch in items.values() for it in batch for o in it.options]
+    texts = [it.prompt(j) + o for batch in items.values() for it in batch for j, o in enumerate(it.options)]
     tokenizer = _byte_bpe_tokenizer(texts)
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -97,7 +97,7 @@ def test_accuracy_equals_lm_eval_on_the_real_samples(tmp_path, capsys):
         start = time.perf_counter()
         ours = [choose(s, "none") for s in score_items(model, tokenizer, batch, batch_size=16, add_bos=False)]
         t_ours += time.perf_counter() - start
-        requests = [Instance("loglikelihood", {}, (it.prefix + it.context, o), i)
+        requests = [Instance("loglikelihood", {}, (it.prompt(i), o), i)
                     for it in batch for i, o in enumerate(it.options)]
         start = time.perf_counter()
         answers = iter(hflm.loglikelihood(requests, disable_tqdm=True))

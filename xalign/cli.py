@@ -19,7 +19,14 @@ class UserError(XalignError):
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from xalign.config import flatten, load_run
+    from xalign.config.loader import load_raw
+    from xalign.config.sweep import SWEEP_KEYS, load_sweep
 
+    if any(key in load_raw(args.file).data for key in SWEEP_KEYS):
+        sweep = load_sweep(args.file, args.overrides)
+        print(f"OK: {args.file} is a valid sweep ({len(sweep.search)} searched keys, "
+              f"{sweep.tune.num_samples} trials, objectives {', '.join(sweep.tune.metrics)}).")
+        return 0
     cfg = load_run(args.file, args.overrides)
     print(f"OK: {args.file} is a valid run config ({len(flatten(cfg))} keys).")
     return 0
@@ -118,6 +125,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from xalign.config.sweep import load_sweep
+
+    sweep = load_sweep(args.file, args.overrides)
+    from xalign.sweep.report import summary
+    from xalign.sweep.runner import run_sweep
+
+    result = run_sweep(sweep, sweep_file=Path(args.file), name=args.name, resume=args.resume)
+    print(summary(result, sweep))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from xalign.config import from_overrides
+    from xalign.config.schema import TrackingConfig
+    from xalign.sweep.report import report
+
+    tracking = from_overrides(TrackingConfig, args.overrides, source="tracking settings")
+    print(report(tracking, args.name, out_dir=Path(args.out or Path("reports") / args.name)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xalign", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -141,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sweep", help="Ray Tune + Optuna over a sweep file; trials are Ray Train runs")
+    p.add_argument("file")
+    p.add_argument("--resume", action="store_true", help="continue a sweep whose driver was stopped")
+    p.add_argument("--name", help="the sweep's name (default: the file's `name`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", default=[])
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="a finished sweep from MLflow: trials table, best config, plots")
+    p.add_argument("name", help="the sweep's name")
+    p.add_argument("--out", help="where plots go (default: reports/<name>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", default=[],
+                   help="tracking settings, e.g. tracking_uri=sqlite:///mlflow.db experiment=xalign")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("eval", help="evaluate a model: accuracy per task and language, the gap, alignment metrics")
     p.add_argument("file", nargs="?", help="a run config (its model, data and eval sections)")

@@ -34,16 +34,37 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment else client.create_experiment(name)
+
+
+def find_run(cfg: TrackingConfig, tags: Mapping[str, str]) -> Optional[str]:
+    """The id of the newest run of the experiment carrying all ``tags``, if any."""
+    client = _client(tracking_uri(cfg))
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([experiment_id(client, cfg.experiment)], filter_string=query,
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
 def start_run(cfg: TrackingConfig, *, run_name: str, params: Mapping[str, Any], config_yaml: str,
-              tags: Optional[Mapping[str, str]] = None) -> str:
-    """Open an MLflow run with the config as params and as an artifact; return its id."""
+              tags: Optional[Mapping[str, str]] = None, reuse_tag: Optional[str] = None) -> str:
+    """Open an MLflow run with the config as params and as an artifact; return its id.
+    With ``reuse_tag``, a run carrying the same value of that tag (and parent) is reopened
+    instead of creating a duplicate (a resumed sweep trial)."""
     from mlflow.entities import Param
 
     uri = tracking_uri(cfg)
     client = _client(uri)
-    experiment = client.get_experiment_by_name(cfg.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.experiment)
-    run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    tags = dict(tags or {})
+    if reuse_tag:
+        keep = {k: v for k, v in tags.items() if k in (reuse_tag, "mlflow.parentRunId")}
+        existing = find_run(cfg, keep)
+        if existing is not None:
+            client.update_run(existing, status="RUNNING")
+            return existing
+    run = client.create_run(experiment_id(client, cfg.experiment), run_name=run_name, tags=tags)
     run_id = run.info.run_id
     items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
@@ -59,6 +80,16 @@ def log_results(cfg: TrackingConfig, run_id: str, metrics: Mapping[str, float], 
     client = _client(tracking_uri(cfg))
     for path in files:
         client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_text(cfg: TrackingConfig, run_id: str, text: str, artifact_file: str) -> None:
+    _client(tracking_uri(cfg)).log_text(run_id, text, artifact_file)
+
+
+def set_tags(cfg: TrackingConfig, run_id: str, tags: Mapping[str, str]) -> None:
+    client = _client(tracking_uri(cfg))
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
 
 
 def end_run(cfg: TrackingConfig, run_id: str, *, status: str) -> None:

@@ -7,22 +7,11 @@ plain Python tables: validating a config never imports torch, transformers or da
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from xalign.config.base import Section
-
-
-def _no_bool(value: Any) -> Any:
-    # YAML's `yes`/`true` would otherwise pass as 1 for an int field.
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    return value
-
-
-PositiveInt = Annotated[int, BeforeValidator(_no_bool), Field(gt=0)]
-NonNegInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]
+from xalign.config.base import NonNegInt, PositiveInt, Section
 
 
 def _check_task(name: str) -> str:

@@ -11,9 +11,16 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from xalign.config.base import Section
+from xalign.config.base import (  # noqa: F401  (the number types are re-exported)
+    NonNegFloat,
+    NonNegInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Section,
+)
 from xalign.config.eval import EvalConfig
 from xalign.config.world import WorldConfig
 
@@ -76,19 +83,6 @@ def looks_like_local_path(value: str) -> bool:
 ModelPath = Annotated[Optional[str], AfterValidator(_local_path_exists)]
 
 
-def _no_bool(value: Any) -> Any:
-    # YAML's `yes`/`true` would otherwise pass as 1 for an int field.
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    return value
-
-
-PositiveInt = Annotated[int, BeforeValidator(_no_bool), Field(gt=0)]
-NonNegInt = Annotated[int, BeforeValidator(_no_bool), Field(ge=0)]
-NonNegFloat = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
-PositiveFloat = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)]
-Probability = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1)]
-
 
 class ModelConfig(Section):
     #: HF hub id, local path, or "world" (the synthetic world's base model).
@@ -132,19 +126,37 @@ class SourceConfig(Section):
 
 
 class MixConfig(Section):
+    """What the run's training data is made of (xalign.data realises it, deterministically
+    from ``seed``, and records the realised mix in the run's ``data/...`` metrics)."""
+
     #: Probability that an instruction's response language differs from its prompt's
     #: (released: 0.5).
     cross_probability: Probability = 0.5
+    #: Share of LM samples that are plain pre-training text in the pivot (LM loss on every
+    #: token): replay against forgetting what the model knew in the pivot. The world's pivot
+    #: corpus, or `data.replay` for real runs. 0 = none (as released).
+    replay_share: Probability = 0.0
     #: Times each instruction is reused with fresh language draws (released: 3).
     repeat: PositiveInt = 3
-    #: Share of LM samples that are translation samples rather than instructions.
+    #: Share of LM samples that are translation samples (built from the contrastive pairs)
+    #: rather than instructions; the number of LM samples stays the same (released: 0).
     translation_share: Probability = 0.0
-    #: Language sampling exponent: p_l proportional to n_l ** alpha (1 = as the data is,
-    #: 0 = uniform over languages).
+    #: Form of translation samples: "translate" = "{src} Translate into {name of tgt}:
+    #: {tgt}", "equals" = "{src} = {tgt}" (method.md); the direction is flipped with
+    #: probability 0.5.
+    translation_template: Literal["translate", "equals"] = "translate"
+    #: Language sampling exponent: the share of language l in the contrastive pairs is
+    #: proportional to pair_weights[l] * n_l ** alpha, n_l the pairs available for l
+    #: (1 = as the data is, 0 = uniform over languages).
     alpha: NonNegFloat = 1.0
-    #: Relative weight of each language (pair) in the contrastive pairs, e.g.
-    #: {qab: 2.0}; languages not named keep weight 1.
+    #: Relative weight of each language in the contrastive pairs and in the language draws
+    #: of instruction samples, e.g. {qab: 2.0}; languages not named keep weight 1, 0 leaves
+    #: a language out. The pivot may be named (it then only weighs instruction draws).
     pair_weights: dict[str, NonNegFloat] = Field(default_factory=dict)
+    #: Language of the target's name in "Answer in {name}:" and "Translate into {name}:":
+    #: the pivot's (as released) or the prompt's source language. Real instruction data
+    #: has English names only, so "source" needs the synthetic world's instructions.
+    target_name_in: Literal["pivot", "source"] = "pivot"
 
 
 class DataConfig(Section):
@@ -154,6 +166,9 @@ class DataConfig(Section):
     pairs: Optional[SourceConfig] = None
     #: Real instruction data parallel by id (id, instruction, input, output); None = the world's.
     instructions: Optional[SourceConfig] = None
+    #: Pre-training text in the pivot for `data.mix.replay_share` (a `text` column); None =
+    #: the world's pivot corpus.
+    replay: Optional[SourceConfig] = None
     #: Pivot language code; None = the world's pivot.
     pivot: Optional[str] = None
     #: Languages aligned to the pivot; None = every language of the data.
@@ -169,6 +184,14 @@ class DataConfig(Section):
         if (self.pairs is not None or self.instructions is not None) and (self.pivot is None or not self.languages):
             raise ValueError("with real data sources (`pairs` or `instructions`) set `pivot` and `languages` "
                              f"(e.g. pivot: en, languages: [zh]), got pivot={self.pivot!r}, languages={self.languages!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _target_names_exist(self) -> "DataConfig":
+        if self.instructions is not None and self.mix.target_name_in == "source":
+            raise ValueError("mix.target_name_in: 'source' needs every language's name in every language, which "
+                             "only the synthetic world has; real instruction data (`instructions`) names languages "
+                             "in English only; set mix.target_name_in: pivot or drop `instructions`")
         return self
 
 

@@ -29,6 +29,17 @@ class TokenizedPairs:
     neg: list[list[int]] | None = None      # a hard negative per pair, when the data has them
     langs: list[str] = field(default_factory=list)
     too_long: int = 0
+    #: Index in the input of each pair kept (to find its text again).
+    kept: list[int] = field(default_factory=list)
+    #: Pairs dropped as too long, by "src_lang-tgt_lang".
+    too_long_by: dict[str, int] = field(default_factory=dict)
+
+    def select(self, indices: Sequence[int]) -> "TokenizedPairs":
+        """The pairs at ``indices`` (repeats allowed), in that order; token lists are shared."""
+        return TokenizedPairs(src=[self.src[i] for i in indices], tgt=[self.tgt[i] for i in indices],
+                              neg=[self.neg[i] for i in indices] if self.neg is not None else None,
+                              langs=[self.langs[i] for i in indices], too_long=self.too_long,
+                              kept=[self.kept[i] for i in indices], too_long_by=dict(self.too_long_by))
 
 
 def tokenize_pairs(tokenizer, pairs: Sequence[dict], *, max_length: int) -> TokenizedPairs:
@@ -36,18 +47,21 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], *, max_length: int) -> Toke
     a cut sentence is no longer a translation of the other side)."""
     with_neg = bool(pairs) and all("hard_negative" in p for p in pairs)
     out = TokenizedPairs(neg=[] if with_neg else None)
-    for pair in pairs:
+    for index, pair in enumerate(pairs):
         sides = [encode(tokenizer, pair["src"]), encode(tokenizer, pair["tgt"])]
         if with_neg:
             sides.append(encode(tokenizer, pair["hard_negative"]))
         if any(len(side) > max_length for side in sides):
             out.too_long += 1
+            key = f"{pair.get('src_lang')}-{pair['tgt_lang']}"
+            out.too_long_by[key] = out.too_long_by.get(key, 0) + 1
             continue
         out.src.append(sides[0])
         out.tgt.append(sides[1])
         if with_neg:
             out.neg.append(sides[2])
         out.langs.append(pair["tgt_lang"])
+        out.kept.append(index)
     return out
 
 
@@ -57,6 +71,8 @@ def tokenize_lm(tokenizer, samples: Sequence[LMSample], *, max_length: int) -> t
     examples, truncated = [], 0
     for sample in samples:
         prompt = encode(tokenizer, sample.prompt)
+        if not prompt:  # plain text (replay) with a tokenizer that has no BOS: EOS opens it
+            prompt = [tokenizer.eos_token_id]
         response = tokenizer(" " + sample.response, add_special_tokens=False)["input_ids"]
         ex = build_lm_example(prompt, response, max_length=max_length, eos_id=tokenizer.eos_token_id,
                               truncate_prompt=True)

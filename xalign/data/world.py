@@ -22,11 +22,19 @@ class WorldData:
     instructions: dict[str, dict[str, dict]]   # lang -> id -> item
     lexicon: dict[str, dict[str, str]]         # concept -> lang -> word
 
+    def word(self, concept: str, lang: str) -> str:
+        """``lang``'s word for ``concept`` (a lexicon concept such as ``translate`` or
+        ``language_qab``)."""
+        try:
+            return self.lexicon[concept][lang]
+        except KeyError:
+            raise ValueError(f"the world's lexicon has no word for {concept!r} in {lang!r}") from None
+
     def answer_in(self, src: str, tgt: str) -> str:
         """The world's "Answer in {name of tgt} :" in the pivot's words (as released: fixed
         words in the pivot, whatever the source language)."""
         p = self.pivot
-        return f"{self.lexicon['answer_in'][p]} {self.lexicon['language_' + tgt][p]} :"
+        return f"{self.word('answer_in', p)} {self.word('language_' + tgt, p)} :"
 
 
 def load_world_data(world_dir: Path | str) -> WorldData:

@@ -77,7 +77,10 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
 
         emb = embed_parallel(model, tokenizer, heldout_sentences(target.world_dir, target.pivot, target.languages),
                              pooler=target.pooler, batch_size=cfg.batch_size)
-        metrics.update(alignment_metrics(emb, pivot=target.pivot, layer=target.layer))
+        # align/... is the evaluated model's (periodically during training, and at the end);
+        # another prefix (base/) keeps a second model's apart: base/align/...
+        align = alignment_metrics(emb, pivot=target.pivot, layer=target.layer)
+        metrics.update(align if prefix in ("eval", "dev") else {f"{prefix}/{k}": v for k, v in align.items()})
         vectors = {lang: v[target.layer] for lang, v in emb.vectors.items()}
     if out_dir is not None:
         from xalign.eval.plots import accuracy_bars, projection

@@ -6,6 +6,13 @@ per-option ``logprob`` / ``n_tokens`` / ``n_chars`` / ``is_greedy``, and under `
 ``correct`` the prediction and its correctness for every normalisation of
 ``xalign.eval.scoring.NORMALIZATIONS``. Keys are sorted and items keep their input order,
 so the same scores give byte-identical files.
+
+Option j's score is the log-likelihood of ``options[j]`` after its prompt. That prompt is
+``prompt`` for every option, except for items whose options have their own contexts
+(lm-eval's "multiple input" mode, XWinograd's ``lm_eval`` template) when these differ:
+their records also hold ``prompts``, one full prompt (prefix + the option's context) per
+option, and ``prompt`` is then the part they share (prefix + the item's shared context).
+``record_prompts`` gives option j's prompt in both cases.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ def make_record(item: EvalItem, scores: Sequence[OptionScore]) -> dict:
             f"item {item.task}/{item.lang}/{item.idx} has {len(item.options)} options but {len(scores)} scores"
         )
     preds = {norm: choose(scores, norm) for norm in NORMALIZATIONS}
-    return {
+    record = {
         "task": item.task,
         "lang": item.lang,
         "idx": item.idx,
@@ -38,6 +45,18 @@ def make_record(item: EvalItem, scores: Sequence[OptionScore]) -> dict:
         "pred": preds,
         "correct": {norm: pred == item.gold for norm, pred in preds.items()},
     }
+    prompts = list(item.prompts())
+    if any(p != record["prompt"] for p in prompts):  # per-option contexts that differ
+        record["prompts"] = prompts
+    return record
+
+
+def record_prompts(record: dict) -> list[str]:
+    """Option j's prompt (prefix + its context) for every option of a record: ``prompts``
+    where the record has them, else ``prompt`` for each option."""
+    if "prompts" in record:
+        return list(record["prompts"])
+    return [record["prompt"]] * len(record["options"])
 
 
 def write_records(path: str | Path, items: Sequence[EvalItem], scores: Sequence[Sequence[OptionScore]]) -> Path:

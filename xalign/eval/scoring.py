@@ -1,18 +1,23 @@
 """Log-likelihood scoring of multiple-choice items, with the shared prefix encoded once.
 
-For option j of an item the scored text is ``prefix + context + options[j]``; the score
-is the log-probability of the option's tokens given everything before them. This is
-lm-evaluation-harness's ``loglikelihood`` over the request
-``(prefix + context, options[j])``, with the same tokenisation (0.4.13, ``HFLM`` /
+For option j of an item the scored text is ``prompt_j + options[j]`` with
+``prompt_j = item.prompt(j) = prefix + context_j``; ``context_j`` is the item's ``context``,
+or its own ``contexts[j]`` when the item has per-option contexts (lm-eval's "multiple
+input" mode: Winogrande, XWinograd). The score is the log-probability of the option's
+tokens given everything before them. This is lm-evaluation-harness's ``loglikelihood``
+over the request ``(prompt_j, options[j])`` (in multiple-input mode lm-eval's requests are
+``(prefix + contexts[j], target_delimiter + target)``, which is the same with
+``options[j]`` = the shared continuation), with the same tokenisation (0.4.13, ``HFLM`` /
 ``TemplateLM._encode_pair``), and one change that only affects speed: the prefix (template
 header + k demonstrations) is run through the model once per distinct prefix string and
-its KV cache is reused by every item and option that shares it. The released AFP code
-recomputed a 5-shot prefix for every option.
+its KV cache is reused by every item and option that shares it, whatever the option's
+context. The released AFP code recomputed a 5-shot prefix for every option.
 
 Tokenisation (lm-eval 0.4.13 rules; ``enc`` = tokenizer without special tokens)
 -------------------------------------------------------------------------------
-- Trailing whitespace of the prompt (``str.rstrip``: spaces and newlines) moves to the
-  continuation: ``ctx = prompt.rstrip()``, ``cont = prompt[len(ctx):] + option``.
+- Every rule applies to each (prompt_j, option) request on its own. Trailing whitespace
+  of the prompt (``str.rstrip``: spaces and newlines) moves to the continuation:
+  ``ctx = prompt_j.rstrip()``, ``cont = prompt_j[len(ctx):] + option``.
 - ``whole = lead + enc(ctx + cont)``, ``ctx_ids = lead + enc(ctx)``, and the option's
   tokens are ``whole[len(ctx_ids):]``. The model reads ``ctx_ids + option_tokens``, exactly
   as lm-eval does (when a BPE merge crosses the split, that is not ``whole``).
@@ -24,7 +29,7 @@ Tokenisation (lm-eval 0.4.13 rules; ``enc`` = tokenizer without special tokens)
   lm-eval's default (``add_bos_token=None``) is the tokenizer's own special tokens, so it
   equals ``add_bos=None`` for tokenizers that add a BOS and ``add_bos=False`` for
   tokenizers that add nothing.
-- Empty context (the prompt is ``""``, or only whitespace, and ``lead`` is empty): like
+- Empty context (``prompt_j`` is ``""``, or only whitespace, and ``lead`` is empty): like
   lm-eval, the context is the prefix token (BOS, else EOS), unless the option's first
   token is that token, in which case that first token is the context. With a non-empty
   ``lead``, ``lead`` is the context.
@@ -33,9 +38,11 @@ Tokenisation (lm-eval 0.4.13 rules; ``enc`` = tokenizer without special tokens)
 
 The cached prefix
 -----------------
-``prefix_ids = lead + enc(prefix)``. A request shares its first ``shared`` tokens with
-them (at most its context length: the last context position must be computed to predict
-the option's first token). Usually ``shared == len(prefix_ids)``. When a merge crosses the
+``prefix_ids = lead + enc(prefix)``. The prefix is common to every option of every item of
+an evaluation, per-option contexts included, so each request is matched against it on its
+own tokens: a request shares its first ``shared`` tokens with ``prefix_ids`` (at most its
+context length: the last context position must be computed to predict the option's first
+token). Usually ``shared == len(prefix_ids)``. When a merge crosses the
 prefix/context boundary it is shorter: byte-level BPE (GPT-2, BLOOM, Llama-3, Qwen) ends
 a string on the token "\n\n" but splits "\n\n" before text into "\n", "\n", so a prefix
 ending in lm-eval's default few-shot delimiter "\n\n" never matches exactly; "the ca" +
@@ -68,7 +75,9 @@ takes them; ALiBi models (BLOOM) take none and derive positions from the attenti
 A request needs the logits over its tokens less the last; in a causal model these are the
 same inside any longer sequence that starts with them, so such requests share that
 sequence's row (``ScoringStats.rows``): one-token options of one item share a row, as in
-lm-eval's one-token-continuation cache, and so do duplicated items.
+lm-eval's one-token-continuation cache, and so do duplicated items. Options with their own
+contexts differ before the option, so they share a row only when one whole input starts
+another.
 
 Everything runs under ``torch.inference_mode`` with the model in eval mode; each module's
 train/eval flag is restored afterwards. No random numbers are drawn and no seed is set.
@@ -80,7 +89,10 @@ Length normalisation (``choose``)
 option token. ``"char"``: per character of the option string (``len(str)``, Unicode code
 points, as lm-eval's ``acc_norm``, which divides by ``len(choice)``; its choices exclude
 the target delimiter " " that xalign's options include; lm-eval's ``acc_bytes`` divides
-by UTF-8 bytes instead). Ties go to the first maximum
+by UTF-8 bytes instead). With per-option contexts the option string is the shared
+continuation, so ``n_chars`` is the same for every option and "char" ranks as "none"
+(lm-eval's ``acc_norm`` divides by the length of its "choices", which in multiple-input
+mode are the contexts; XWinograd reports ``acc`` only). Ties go to the first maximum
 (``numpy.argmax``, as lm-eval).
 """
 
@@ -106,7 +118,7 @@ NORMALIZATIONS = ("none", "token", "char")
 class ScoringStats:
     """What one ``score_items_with_stats`` call did (for logs and tests)."""
 
-    requests: int = 0  # (item, option) pairs scored
+    requests: int = 0  # (item, option) pairs scored: (prompt(j), options[j]) requests
     prefixes: int = 0  # distinct prefixes run once with use_cache=True
     prefix_tokens: int = 0  # tokens of those prefix forwards, in total
     cached: int = 0  # requests scored on top of a cached prefix (whole or in part)
@@ -175,6 +187,7 @@ def score_items_with_stats(
     stats.requests = len(requests)
     _check_lengths(model, items, requests)
 
+    # one cache per distinct prefix, shared by every option of its items (own contexts or not)
     prefix_ids = {item.prefix: tuple(lead) + encode(item.prefix) for item in items if item.prefix}
     plan = _plan(items, requests, prefix_ids, stats)
 
@@ -283,10 +296,10 @@ class _Encoder:
         strings = set()
         for item in items:
             strings.add(item.prefix)
-            context, _ = split_request(item.prefix + item.context, "")
-            strings.add(context)
-            for option in item.options:
-                strings.add(context + split_request(item.prefix + item.context, option)[1])
+            for j, option in enumerate(item.options):
+                context, continuation = split_request(item.prompt(j), option)
+                strings.add(context)
+                strings.add(context + continuation)
         ordered = sorted(strings)
         ids = tokenizer(ordered, add_special_tokens=False)["input_ids"] if ordered else []
         self._ids = {s: tuple(i) for s, i in zip(ordered, ids)}
@@ -302,10 +315,8 @@ def _prefix_token(tokenizer) -> int | None:
 def _item_requests(index: int, item: EvalItem, encode: _Encoder, lead: list[int], prefix_token) -> Iterator[_Request]:
     if not item.options:
         raise ValueError(f"item {item.task}/{item.lang}/{item.idx} has no options")
-    prompt = item.prefix + item.context
-    context, _ = split_request(prompt, "")
     for j, option in enumerate(item.options):
-        continuation = split_request(prompt, option)[1]
+        context, continuation = split_request(item.prompt(j), option)  # the option's own prompt
         if context or lead:
             context_ids = tuple(lead) + encode(context)
             option_ids = (tuple(lead) + encode(context + continuation))[len(context_ids) :]

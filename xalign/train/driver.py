@@ -4,11 +4,12 @@ result or a clear error."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import yaml
 
@@ -47,15 +48,18 @@ def prepare_world(cfg: RunConfig) -> Optional[Path]:
     return ensure_world(cfg.data.world, with_model=cfg.model.name_or_path == WORLD_MODEL)
 
 
-def init_ray(cfg: RunConfig) -> None:
+def init_ray(cfg: RunConfig, *, headroom_cpus: int = 0) -> None:
     """Join the cluster in RAY_ADDRESS, or start a local Ray instance; on a local instance,
-    refuse a run that asks for more CPUs than there are (it would wait forever)."""
+    refuse a run that asks for more CPUs than there are (it would wait forever).
+    ``headroom_cpus`` adds logical CPUs to a local instance for actors that hold a sliver of
+    CPU but do no work (a sweep's trial functions)."""
     import ray
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         # The dashboard (loopback only) serves the state API that Ray Train's monitor polls.
-        ray.init(address=address or "local", dashboard_host="127.0.0.1")
+        ray.init(address=address or "local", dashboard_host="127.0.0.1",
+                 num_cpus=None if address else (os.cpu_count() or 1) + headroom_cpus)
     s = cfg.scaling
     need_cpu = s.num_workers * s.cpus_per_worker
     have_cpu = ray.cluster_resources().get("CPU", 0)
@@ -106,16 +110,22 @@ def best_checkpoint(result):
     return max(scored, key=lambda pair: pair[0])[1] if scored else result.checkpoint
 
 
-def final_evaluation(cfg: RunConfig, checkpoint_path: str, world_dir: Optional[Path], plan: dict, *,
+def final_evaluation(cfg: RunConfig, checkpoint_path: Optional[str], world_dir: Optional[Path], plan: dict, *,
                      run_id: Optional[str], step: int, out_dir: Path):
     """Evaluate the chosen checkpoint on ``eval.split`` (test by default) and, with
     ``eval.baseline``, the starting model too ("base/..." metrics: the gap before
-    alignment); log both to the run. Runs as a Ray task with one worker's resources."""
+    alignment); log both to the run. ``checkpoint_path`` None evaluates the starting model
+    only. Runs as a Ray task with one worker's resources."""
     import ray
 
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     s = cfg.scaling
-    task = ray.remote(_evaluate_checkpoint).options(num_cpus=s.cpus_per_worker,
-                                                    num_gpus=s.gpus_per_worker if s.use_gpu else 0)
+    # Outside any placement group: inside a sweep trial, tasks would otherwise be captured by
+    # the trial's own (CPU-sliver) placement group and never fit.
+    task = ray.remote(_evaluate_checkpoint).options(
+        num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
     return ray.get(task.remote(cfg.model_dump(mode="json"), checkpoint_path, str(world_dir) if world_dir else None,
                                plan, run_id, step, str(out_dir)))
 
@@ -135,9 +145,12 @@ def _evaluate_checkpoint(cfg_data: dict, checkpoint_path: str, world_dir: Option
     merged: dict = {}
     files: list = []
     tables: list[str] = []
-    with ray.train.Checkpoint(checkpoint_path).as_directory() as directory:
-        trained = cfg.model.model_copy(update={"name_or_path": str(Path(directory) / "model"), "tokenizer": None})
-        entries = [("eval", trained, None)] + ([("base", cfg.model, world)] if cfg.eval.baseline else [])
+    with contextlib.ExitStack() as stack:
+        entries = [("base", cfg.model, world)] if cfg.eval.baseline or checkpoint_path is None else []
+        if checkpoint_path is not None:
+            directory = stack.enter_context(ray.train.Checkpoint(checkpoint_path).as_directory())
+            trained = cfg.model.model_copy(update={"name_or_path": str(Path(directory) / "model"), "tokenizer": None})
+            entries.insert(0, ("eval", trained, None))
         for prefix, model_cfg, model_world in entries:
             tokenizer, model = load_tokenizer(model_cfg, model_world), load_model(model_cfg, model_world)
             target = Target(pivot=plan["pivot"], languages=cfg.eval.languages, world_dir=eval_world,
@@ -165,8 +178,12 @@ def raise_if_nonfinite(metrics: dict, checkpoint: Optional[str]) -> None:
                         f"last good checkpoint: {checkpoint or 'none'}. Lower optim.lr or check the data.")
 
 
-def train(cfg: RunConfig, *, name: Optional[str] = None) -> TrainResult:
-    """One alignment run on Ray Train; blocks until it ends."""
+def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[str] = None,
+          callbacks: Sequence = (), parent_run_id: Optional[str] = None,
+          tags: Optional[dict[str, str]] = None) -> TrainResult:
+    """One alignment run on Ray Train; blocks until it ends. Inside a sweep trial, pass the
+    Tune callback, the sweep's storage, and the parent MLflow run (the child run is found
+    again by its ``xalign.trial_id`` tag on resume, never duplicated)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -179,9 +196,12 @@ def train(cfg: RunConfig, *, name: Optional[str] = None) -> TrainResult:
     run_id = uri = None
     if cfg.tracking.enabled:
         uri = tracking.tracking_uri(cfg.tracking)
+        run_tags = {"xalign.kind": "train", **(tags or {})}
+        if parent_run_id:
+            run_tags["mlflow.parentRunId"] = parent_run_id
         run_id = tracking.start_run(cfg.tracking, run_name=name, params=flatten(cfg),
                                     config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
-                                    tags={"xalign.kind": "train"})
+                                    tags=run_tags, reuse_tag="xalign.trial_id" if "xalign.trial_id" in run_tags else None)
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     plan = evaluation_plan(cfg, world_dir)
@@ -194,7 +214,8 @@ def train(cfg: RunConfig, *, name: Optional[str] = None) -> TrainResult:
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=cfg.checkpoint.storage_path,
+            storage_path=storage_path or cfg.checkpoint.storage_path,
+            callbacks=list(callbacks),
             # With evaluation on, checkpoints are ranked by dev accuracy (never test), so the
             # best one survives `keep`.
             checkpoint_config=ray.train.CheckpointConfig(

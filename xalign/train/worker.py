@@ -91,8 +91,10 @@ def derived_quantities(cfg: RunConfig, objective: Objective, model, dist: Dist, 
                      f"{'symmetric' if objective.symmetric else 'pivot -> other'}, early exit "
                      f"{'on' if objective.early_exit else 'off'}")
     lines.append(f"losses: {objective.contrastive_weight} x contrastive + {objective.lm_weight} x instruction LM")
+    lm = data.stats.get("lm", {})
     lines.append(f"data: {len(data.pairs.src)} pairs {data.stats['pairs']}, {len(data.lm_examples)} LM samples "
-                 f"{data.stats['instructions']}")
+                 f"({lm.get('instruction', 0)} instruction, {lm.get('translation', 0)} translation, "
+                 f"{lm.get('replay', 0)} pivot replay)")
     lines.append(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
                  f"{cfg.optim.max_steps} steps, lr {cfg.optim.lr} ({cfg.optim.schedule}, warm-up "
                  f"{int(cfg.optim.warmup_ratio * cfg.optim.max_steps)} steps)")
@@ -151,6 +153,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     cfg = RunConfig.model_validate(config["run"])
+    torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))  # one thread per CPU the worker holds
     dist = Dist.current()
     run = setup_run(cfg, config.get("world_dir"), dist, ray.train.torch.get_device())
     start_step = 0
@@ -167,7 +170,10 @@ def train_loop_per_worker(config: dict) -> None:
         if config.get("mlflow_run_id"):
             from xalign.tracking import MetricLogger
 
+            from xalign.data import mix_metrics
+
             logger = MetricLogger(config["mlflow_uri"], config["mlflow_run_id"])
+            logger.log(mix_metrics(run.data.stats), step=start_step)   # the realised data mix
 
     evaluator = setup_evaluation(config, run) if dist.rank == 0 else None
     window: list[dict] = []

@@ -10,6 +10,13 @@ scored. The scored text of option j is ``prefix + context + option_j`` (xalign.e
 so everything that distinguishes the answers must be in the option: a template whose
 option string has no ``{option}`` slot, or whose options render alike, is refused when it
 is defined (method.md defect 3: the released XNLI template scored every option the same).
+
+Partial scoring (lm-eval's "multiple input" mode, Winogrande/XWinograd): a template with a
+``fill`` string puts the answer in the context instead. Option j's context is
+``context + fill_j`` (``fill`` with ``{option}`` = answer j), and the option string, which
+then has no ``{option}`` slot, is the continuation scored after every one of them (the same
+text for all answers). The same rules hold with the slot moved: ``fill`` must have the
+``{option}`` slot, and the answers' full texts (context_j + option_j) must differ.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import difflib
 import string
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from xalign.errors import XalignError
 
@@ -74,6 +81,23 @@ def _identity(row: dict, w: Mapping[str, str], lang: str) -> dict:
     return row
 
 
+class Rendering(NamedTuple):
+    """One rendered row: the shared ``context``, the ``options`` (the scored strings) and,
+    for partial-scoring templates, the per-option ``contexts`` (``()``: every option's
+    context is ``context``). Fields as in ``xalign.eval.items.EvalItem``."""
+
+    context: str
+    options: tuple[str, ...]
+    contexts: tuple[str, ...] = ()
+
+    def context_of(self, j: int) -> str:
+        return self.contexts[j] if self.contexts else self.context
+
+    def texts(self) -> tuple[str, ...]:
+        """The full text of each answer: its context followed by its option."""
+        return tuple(self.context_of(j) + o for j, o in enumerate(self.options))
+
+
 @dataclass(frozen=True)
 class Template:
     """How one task's item is rendered in one template family.
@@ -96,9 +120,21 @@ class Template:
     uses: tuple[str, ...] = ()
     #: What the template reproduces, for the docs and error messages.
     source: str = ""
+    #: Partial scoring (lm-eval's "multiple input" mode): option j's context is
+    #: ``context + fill`` with ``{option}`` = answer j, and ``option`` (no ``{option}`` slot)
+    #: is the continuation scored after each. "" = the usual mode (the answer is in ``option``).
+    fill: str = ""
 
     def __post_init__(self) -> None:
-        if "{option}" not in self.option:
+        if self.fill:
+            if "{option}" not in self.fill:
+                raise TaskError(f"template fill string {self.fill!r} has no {{option}} slot: every answer would "
+                                "be scored on the same text (method.md defect 3)")
+            if "{option}" in self.option:
+                raise TaskError(f"template option string {self.option!r} contains the {{option}} slot, but with a "
+                                f"fill string ({self.fill!r}) the answer goes in the context and the option string "
+                                "is the continuation shared by all answers (partial scoring)")
+        elif "{option}" not in self.option:
             raise TaskError(f"template option string {self.option!r} has no {{option}} slot: every answer would "
                             "be scored on the same text (method.md defect 3)")
         if "{option}" in self.context:
@@ -116,8 +152,9 @@ class Template:
 
     @property
     def word_slots(self) -> set[str]:
-        """The template words it uses (``{w[...]}`` in context, option and choices)."""
-        texts = [self.context, self.option] + (list(self.choices) if isinstance(self.choices, tuple) else [])
+        """The template words it uses (``{w[...]}`` in context, fill, option and choices)."""
+        texts = [self.context, self.fill, self.option] + (list(self.choices) if isinstance(self.choices, tuple)
+                                                          else [])
         return set(self.uses).union(*(_slots(t)[1] for t in texts))
 
     def option_values(self, row: Mapping[str, Any], w: Mapping[str, str]) -> list[str]:
@@ -125,12 +162,16 @@ class Template:
             return [str(v) for v in row[self.choices]]
         return [c.format(w=w, **row) for c in self.choices]
 
-    def render(self, row: Mapping[str, Any], w: Mapping[str, str], data_lang: str) -> tuple[str, tuple[str, ...]]:
-        """(context, options) of one row with the words ``w``."""
+    def render(self, row: Mapping[str, Any], w: Mapping[str, str], data_lang: str) -> Rendering:
+        """(context, options, contexts) of one row with the words ``w``; ``contexts`` is
+        ``()`` unless the template has a ``fill`` (partial scoring)."""
         fields = self.prepare(dict(row), w, data_lang)
         values = self.option_values(fields, w)
         context = self.context.format(w=w, **fields)
-        return context, tuple(self.option.format(w=w, option=v, **fields) for v in values)
+        if self.fill:
+            contexts = tuple(context + self.fill.format(w=w, option=v, **fields) for v in values)
+            return Rendering(context, tuple(self.option.format(w=w, **fields) for _ in values), contexts)
+        return Rendering(context, tuple(self.option.format(w=w, option=v, **fields) for v in values))
 
 
 @dataclass(frozen=True)
@@ -196,14 +237,16 @@ class Task:
         if missing:
             raise TaskError(f"task {self.name!r}: the example row lacks {missing}")
         try:
-            context, options = template.render(row, words, lang)
+            rendering = template.render(row, words, lang)
         except (KeyError, IndexError, ValueError) as exc:
             raise TaskError(f"task {self.name!r}, {what}: cannot render the example row: {exc!r}") from exc
-        if len(set(options)) != len(options):
-            raise TaskError(f"task {self.name!r}, {what}: options render alike {options!r}: every answer "
+        texts = rendering.texts()  # what tells the answers apart: the option, or (fill) its context
+        if len(set(texts)) != len(texts):
+            shown = rendering.contexts if template.fill else rendering.options
+            raise TaskError(f"task {self.name!r}, {what}: options render alike {shown!r}: every answer "
                             "would get the same score (method.md defect 3)")
-        if self.n_options is not None and len(options) != self.n_options:
-            raise TaskError(f"task {self.name!r}, {what}: {len(options)} options, the task has {self.n_options}")
+        if self.n_options is not None and len(texts) != self.n_options:
+            raise TaskError(f"task {self.name!r}, {what}: {len(texts)} options, the task has {self.n_options}")
 
 
 def binary_label(value: Any) -> int:

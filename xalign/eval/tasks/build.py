@@ -6,7 +6,9 @@ shared prefix per evaluation.
   the evaluation has the same ``prefix``, so the scorer encodes it once.
 - Each demonstration is its context followed by its gold option, and demonstrations are
   joined lm-eval style: ``ctx + gold_option + "\\n\\n"`` each (the option carries the target
-  delimiter), then the query's context.
+  delimiter), then the query's context. For partial-scoring templates (``Template.fill``)
+  ``ctx`` is the gold answer's own context, as lm-eval's multiple-input mode does, and each
+  query option gets its own context (``EvalItem.contexts``).
 - protocol "same": template words and demonstrations in the query's language; "cross"
   (the AFP setting): template words and demonstrations in the pivot, the query's sentences
   in the target language.
@@ -142,8 +144,9 @@ def build_items(task: str, lang: str, *, split: str = "test", template: str = "a
         picks = random.Random(seed).sample(range(len(demo_rows)), shots)
         parts = []
         for n in picks:
-            context, options = _render(t, tmpl, demo_rows[n], words, word_lang, what, n)
-            parts.append(context + options[demo_rows[n]["gold"]] + FEWSHOT_DELIMITER)
+            demo = _render(t, tmpl, demo_rows[n], words, word_lang, what, n)
+            gold = demo_rows[n]["gold"]
+            parts.append(demo.context_of(gold) + demo.options[gold] + FEWSHOT_DELIMITER)
             demo_ids.add(_item_id(t, demo_rows[n], n))
         prefix = "".join(parts)
     what = f"task {t.name!r}, language {lang!r}, split {split!r}"
@@ -152,9 +155,9 @@ def build_items(task: str, lang: str, *, split: str = "test", template: str = "a
         idx = _item_id(t, row, n)
         if split == "dev" and idx in demo_ids:
             continue  # a query must never be one of its own demonstrations (or their translation)
-        context, options = _render(t, tmpl, row, words, lang, what, n)
+        context, options, contexts = _render(t, tmpl, row, words, lang, what, n)
         items.append(EvalItem(task=t.name, lang=lang, idx=idx, prefix=prefix, context=context,
-                              options=options, gold=row["gold"]))
+                              options=options, gold=row["gold"], contexts=contexts))
         if max_items is not None and len(items) >= max_items:
             break
     return items

@@ -1,12 +1,19 @@
 """XWinograd: which of two names fills the blank ``_`` of the sentence? answer "1" = option1,
 "2" = option2.
 
-The blank splits the sentence, so the options differ in the middle: the whole filled
-sentence is the option and the context is empty. lm-eval 0.4.13 ("multiple input" mode)
-scores only the part after the blank, given the filled first part; the EvalItem seam scores
-a shared context + per-option text, so the lm_eval family reproduces lm-eval's strings
-exactly (part 1 + option + " " + part 2) but scores the whole sentence, as the released
-AFP code does.
+The blank splits the sentence (part 1 ``_`` part 2), so the answers differ in the middle.
+The two template families score different text:
+
+- ``afp`` (the paper's shape, as the released AFP code did): the whole filled sentence
+  "part 1, the option, part 2" is the option and the context is empty; the score is the
+  log-likelihood of the whole sentence (so it includes how likely part 1 and the name are).
+- ``lm_eval`` (lm-evaluation-harness 0.4.13, ``tasks/xwinograd``, "multiple input" mode,
+  "partial evaluation" as Winogrande): each option has its own context,
+  ``sentence[:blank] + option`` (``doc_to_choice``), and the same continuation,
+  ``" " + sentence[blank + 1:].strip()`` (target delimiter + ``doc_to_target``), is scored
+  after each (``Template.fill``, ``EvalItem.contexts``). The shared context is
+  ``sentence[:blank]``. A demonstration is the gold option's context + the continuation,
+  as lm-eval's few-shot turns. Numbers are comparable with lm-eval's ``acc``.
 """
 
 from __future__ import annotations
@@ -49,8 +56,9 @@ XWINOGRAD = Task(
     templates={
         "afp": Template(context="", option="{part1}{option}{part2}", choices=("{option1}", "{option2}"),
                         prepare=_afp_prepare, source="the paper's shape: part 1, the option, part 2"),
-        "lm_eval": Template(context="", option="{part1}{option}{part2}", choices=("{option1}", "{option2}"),
-                            prepare=_lm_eval_prepare, source="lm-eval 0.4.13 tasks/xwinograd/utils.py"),
+        "lm_eval": Template(context="{part1}", fill="{option}", option="{part2}", choices=("{option1}", "{option2}"),
+                            prepare=_lm_eval_prepare,
+                            source="lm-eval 0.4.13 tasks/xwinograd/utils.py (multiple input mode)"),
     },
     # The hub dataset has a test split only: k-shot needs local dev files (eval.sources).
     hub=Hub("Muennighoff/xwinograd", splits={"test": "test"}),

@@ -1,0 +1,105 @@
+"""A small real sweep on the session's local Ray cluster: Ray Tune + Optuna trials that are
+Ray Train runs, MLflow parent and child runs, the confirmation phase with a control, then
+`xalign report` and notebooks/compare_runs.ipynb on the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def small_sweep(ray_cluster, tiny_world, tiny_world_overrides, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    sweep_file = tmp / "small.yaml"
+    sweep_file.write_text(f"""\
+extends: {REPO / 'sweeps' / 'afp-synthetic.yaml'}
+name: small
+optim: {{max_steps: 10, batch_size: 4, lr: 1.0e-3}}
+data: {{max_length: 64, mix: {{replay_share: 0.2}}}}
+eval: {{every_n_steps: 5, max_items: 10}}
+checkpoint: {{every_n_steps: 5, keep: 1}}
+tracking: {{tracking_uri: "sqlite:///{tmp / 'mlflow.db'}", experiment: sweeps}}
+search:
+  objective.temperature: {{float: {{low: 0.05, high: 0.2, log: true}}}}
+  data.mix.cross_probability: {{float: {{low: 0.0, high: 1.0}}}}
+tune: {{num_samples: 2, seed: 3}}
+confirm:
+  seeds: [0]
+  controls: {{no_contrastive: {{objective.contrastive_weight: 0}}}}
+""")
+    overrides = [f"data.world.{o}" for o in tiny_world_overrides] + [f"checkpoint.storage_path={tmp / 'ray_results'}"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["gcs_address"]}
+    proc = subprocess.run([sys.executable, "-m", "xalign.cli", "sweep", str(sweep_file), *overrides],
+                          capture_output=True, text=True, env=env, cwd=tmp, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    return tmp, proc.stdout
+
+
+def test_sweep_runs_trials_as_mlflow_children_and_confirms_the_best(small_sweep):
+    from mlflow.tracking import MlflowClient
+
+    tmp, stdout = small_sweep
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweeps").experiment_id
+    parents = client.search_runs([exp], filter_string="tags.`xalign.kind` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert json.loads(parent.data.params["search.objective.temperature"])["float"]["log"] is True
+    assert "xalign.best_trial_id" in parent.data.tags and "best/eval/acc_non_pivot" in parent.data.metrics
+    assert "base/acc_pivot" in parent.data.metrics                      # the base model, evaluated once
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "trials.json", "sweep"} <= artifacts
+    children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    phases = sorted(c.data.tags["xalign.phase"] for c in children)
+    assert phases == ["confirm", "confirm", "search", "search"]
+    assert len({c.data.tags["xalign.trial_id"] for c in children}) == 4  # one child run per trial, no duplicate
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.info.run_name.startswith("run_trial_")
+        assert {"eval/acc_non_pivot", "eval/acc_pivot", "dev/acc", "train/loss", "data/lm/replay_share"} \
+            <= set(child.data.metrics)
+        assert "base/acc" not in child.data.metrics                     # not re-evaluated per trial
+    control = [c for c in children if c.data.tags.get("xalign.variant") == "no_contrastive"]
+    assert len(control) == 1 and control[0].data.params["objective.contrastive_weight"] == "0"
+    searched = [float(c.data.params["objective.temperature"]) for c in children if c.data.tags["xalign.phase"] == "search"]
+    assert all(0.05 <= t <= 0.2 for t in searched) and len(set(searched)) == 2
+    assert "Pareto front" in stdout and "base model" in stdout and "no_contrastive (n=1)" in stdout
+    assert "mlflow ui --backend-store-uri" in stdout
+
+
+def test_report_reads_the_sweep_back_from_mlflow(small_sweep):
+    tmp, _ = small_sweep
+    res = subprocess.run([sys.executable, "-m", "xalign.cli", "report", "small", "--out", str(tmp / "report"),
+                          f"tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "experiment=sweeps"],
+                         capture_output=True, text=True, cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Best config (ready to run with `xalign train`)" in res.stdout and "objective:" in res.stdout
+    plots = sorted(p.name for p in (tmp / "report").glob("*.png"))
+    assert "gap_vs_objective_temperature.png" in plots and "best_accuracy.png" in plots
+    missing = subprocess.run([sys.executable, "-m", "xalign.cli", "report", "smal",
+                              f"tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "experiment=sweeps"],
+                             capture_output=True, text=True, cwd=tmp)
+    assert missing.returncode == 1 and "no sweep named 'smal'" in missing.stderr and "small" in missing.stderr
+
+
+def test_compare_runs_notebook_executes_against_the_sweep(small_sweep):
+    tmp, _ = small_sweep
+    notebook = json.loads((REPO / "notebooks" / "compare_runs.ipynb").read_text())
+    namespace = {"TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "EXPERIMENT": "sweeps", "SWEEP": "small",
+                 "MPL_BACKEND": "Agg"}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), "compare_runs.ipynb", "exec"), namespace)
+    assert len(namespace["trials"]) == 4
+    assert set(namespace["per_lang"]["lang"]) == {"qaa", "qab", "qac", "qad"}
+    assert len(namespace["summary"]) == 4 and namespace["fig"] is not None

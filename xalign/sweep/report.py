@@ -1,0 +1,198 @@
+"""What a sweep prints at its end and what `xalign report` shows: the trials sorted by the
+objectives, the Pareto front, the best trial against the base model and the controls."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from xalign.config.sweep import SweepConfig
+
+COLUMNS = ("eval/acc_non_pivot", "eval/acc_pivot", "eval/gap", "align/retrieval/top1", "align/mexa")
+
+
+def _fmt(value) -> str:
+    return f"{100 * value:6.1f}" if isinstance(value, (int, float)) else f"{'-':>6}"
+
+
+def trial_table(trials: Sequence, objectives: dict[str, str], varied: Sequence[str]) -> str:
+    first, mode = next(iter(objectives.items()))
+    ordered = sorted(trials, key=lambda t: t.metrics.get(first, float("-inf") if mode == "max" else float("inf")),
+                     reverse=mode == "max")
+    head = f"{'trial':<14}{'status':<11}" + "".join(f"{c.split('/', 1)[1][:10]:>11}" for c in COLUMNS) + \
+        f"{'secs':>7}  " + "  ".join(varied)
+    lines = [head]
+    for t in ordered:
+        params = "  ".join(f"{t.params.get(k)!s:.8}" for k in varied)
+        lines.append(f"{t.trial_id[:13]:<14}{t.status:<11}" + "".join(f"{_fmt(t.metrics.get(c)):>11}" for c in COLUMNS)
+                     + f"{t.seconds:7.0f}  " + params)
+    return "\n".join(lines)
+
+
+def _spread(values: Sequence[float]) -> str:
+    if not values:
+        return "     -      "
+    mean = 100 * statistics.mean(values)
+    sd = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:5.1f} ± {sd:4.1f}"
+
+
+def comparison(result, base: dict) -> str:
+    """Base model vs the best config and the controls (confirmation phase, mean ± sd over
+    seeds), each with its change from the base model."""
+    groups: dict[str, list] = {}
+    for t in result.trials:
+        if t.phase == "confirm" and t.status == "TERMINATED":
+            groups.setdefault(t.params.get("__control__", "best"), []).append(t)
+    if not groups and result.best is not None:
+        groups["best"] = [result.best]
+    names = [("acc_non_pivot", "non-pivot acc"), ("acc_pivot", "pivot acc"), ("gap", "gap")]
+    lines = [f"{'':<16}" + "".join(f"{label:>24}" for _, label in names) +
+             f"{'retrieval':>24}{'MEXA':>24}"]
+    base_row = [base.get(f"base/{key}") for key, _ in names] + [base.get("base/align/retrieval/top1"),
+                                                                 base.get("base/align/mexa")]
+    lines.append(f"{'base model':<16}" + "".join(f"{_fmt(v):>24}" for v in base_row))
+    for group, trials in groups.items():
+        cells = []
+        keys = [f"eval/{key}" for key, _ in names] + ["align/retrieval/top1", "align/mexa"]
+        for key, base_value in zip(keys, base_row):
+            values = [t.metrics[key] for t in trials if key in t.metrics]
+            delta = (f" ({100 * (statistics.mean(values) - base_value):+5.1f})"
+                     if values and isinstance(base_value, (int, float)) else "")
+            cells.append(f"{_spread(values)}{delta}")
+        lines.append(f"{group + f' (n={len(trials)})':<16}" + "".join(f"{c:>24}" for c in cells))
+    return "\n".join(lines)
+
+
+def summary(result, sweep: SweepConfig) -> str:
+    varied = list(sweep.search)
+    out = [f"Sweep {result.name}: {len(result.trials)} trials ({result.path})",
+           trial_table([t for t in result.trials if t.phase == "search"], sweep.tune.metrics, varied)]
+    if result.pareto:
+        out.append("Pareto front: " + ", ".join(t.trial_id for t in result.pareto))
+    if result.best is not None:
+        out.append(f"Best trial {result.best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in result.best.params.items()))
+        out.append(comparison(result, result.base_metrics))
+    if result.parent_run_id:
+        from xalign.tracking import tracking_uri
+
+        out.append(f"MLflow: mlflow ui --backend-store-uri {tracking_uri(sweep.tracking)}  "
+                   f"(parent run {result.parent_run_id})")
+    return "\n".join(out)
+
+
+# --- `xalign report SWEEP_NAME`: a sweep read back from MLflow ----------------------------
+
+def load_sweep_runs(tracking_cfg, name: str):
+    """(parent run, child runs) of the newest sweep called ``name``."""
+    from mlflow.tracking import MlflowClient
+
+    from xalign.errors import XalignError
+    from xalign.tracking import experiment_id, tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri(tracking_cfg))
+    exp = experiment_id(client, tracking_cfg.experiment)
+    parents = client.search_runs([exp], filter_string=f"tags.`xalign.sweep` = '{name}' and tags.`xalign.kind` = 'sweep'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        known = {r.data.tags.get("xalign.sweep") for r in client.search_runs(
+            [exp], filter_string="tags.`xalign.kind` = 'sweep'", max_results=200)}
+        raise XalignError(f"no sweep named {name!r} in experiment {tracking_cfg.experiment!r} at "
+                          f"{tracking_uri(tracking_cfg)}; sweeps there: {', '.join(sorted(k for k in known if k)) or 'none'}")
+    parent = parents[0]
+    children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  max_results=5000)
+    return client, parent, children
+
+
+def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
+    """The trials sorted by the first objective (the params that varied, per-language
+    accuracy, gap, retrieval, wall time), the best config as YAML, and plots."""
+    import yaml
+
+    from xalign.eval.plots import accuracy_bars
+    from xalign.sweep.runner import Trial
+
+    client, parent, children = load_sweep_runs(tracking_cfg, name)
+    objectives = {k.removeprefix("tune.metrics."): v for k, v in parent.data.params.items()
+                  if k.startswith("tune.metrics.")} or {"eval/acc_non_pivot": "max"}
+    searched = [k.removeprefix("search.") for k in parent.data.params if k.startswith("search.")]
+    trials = []
+    for run in children:
+        seconds = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+        params = {k: _parse(run.data.params.get(k)) for k in searched}
+        variant = run.data.tags.get("xalign.variant")
+        if variant:
+            params["__control__"] = variant
+        trials.append(Trial(run.data.tags.get("xalign.trial_id", run.info.run_id[:8]),
+                            run.data.tags.get("xalign.phase", "search"), params, dict(run.data.metrics),
+                            "TERMINATED" if run.info.status == "FINISHED" else run.info.status, seconds))
+    lines = [f"Sweep {name} (parent run {parent.info.run_id}, {len(trials)} trials)",
+             trial_table([t for t in trials if t.phase == "search"], objectives, searched)]
+    best_id = parent.data.tags.get("xalign.best_trial_id")
+    base = {k.removeprefix("best/"): v for k, v in parent.data.metrics.items() if k.startswith("best/base/")}
+    base.update({k: v for k, v in parent.data.metrics.items() if k.startswith("base/")})
+    if best_id:
+        from xalign.sweep.runner import SweepResult
+
+        best = next((t for t in trials if t.trial_id == best_id), None)
+        lines.append(comparison(SweepResult(name, trials, best, [], parent.info.run_id, ""), base))
+        path = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(out_dir))
+        lines.append("Best config (ready to run with `xalign train`):\n" + Path(path).read_text())
+        if best is not None:
+            pivot = next((k.split("/")[2] for k in best.metrics if k.startswith("eval/") and k.count("/") == 3
+                          and best.metrics.get(k.rsplit("/", 2)[0] + "/gap") is not None), None)
+            merged = {**{k: v for k, v in best.metrics.items() if k.startswith("eval/")}, **base}
+            out_dir.mkdir(parents=True, exist_ok=True)
+            accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "best_accuracy.png",
+                          title=f"best trial {best_id}")
+            accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "base_accuracy.png",
+                          prefix="base", title="base model")
+    search = [t for t in trials if t.phase == "search" and "eval/gap" in t.metrics]
+    for key in searched:
+        if search:
+            scatter(search, key, "eval/gap", out_dir / f"gap_vs_{key.replace('.', '_')}.png")
+    lines.append(f"Plots: {out_dir}")
+    del yaml
+    return "\n".join(lines)
+
+
+def _parse(value):
+    import yaml
+
+    try:
+        return yaml.safe_load(value) if value is not None else None
+    except yaml.YAMLError:
+        return value
+
+
+def _pivot(metrics: dict) -> str | None:
+    """The pivot: the language whose accuracy enters acc_pivot (the one no gap is over)."""
+    langs = {k.split("/")[2] for k in metrics if k.startswith("eval/") and k.count("/") == 3 and k.endswith("/acc")}
+    target = metrics.get("eval/acc_pivot")
+    for lang in sorted(langs):
+        values = [v for k, v in metrics.items() if k.startswith("eval/") and k.endswith(f"/{lang}/acc")]
+        if values and target is not None and abs(sum(values) / len(values) - target) < 1e-9:
+            return lang
+    return None
+
+
+def scatter(trials: Sequence, key: str, metric: str, path: Path) -> Path:
+    from xalign.eval.plots import _pyplot
+
+    plt = _pyplot()
+    xs = [t.params.get(key) for t in trials]
+    ys = [100 * t.metrics[metric] for t in trials]
+    fig, ax = plt.subplots(figsize=(4, 3))
+    numeric = all(isinstance(x, (int, float)) for x in xs)
+    ax.scatter(xs if numeric else [str(x) for x in xs], ys)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"{metric} (points)")
+    if numeric and key.endswith("temperature"):
+        ax.set_xscale("log")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

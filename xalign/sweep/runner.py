@@ -1,0 +1,251 @@
+"""`xalign sweep`: Ray Tune + Optuna over a sweep file. Each trial is a Tune function that
+launches one Ray Train run (the Train V2 pattern: TorchTrainer + TuneReportCallback) and
+reports the final test evaluation; the sweep is one MLflow parent run, each trial a child.
+
+Phases: the search (OptunaSearch, TPE by default, multi-objective allowed; optional ASHA
+on the periodic dev metric), then the confirmation (the best config re-run with each of
+``confirm.seeds`` and with each control variant), so the reported gain has a spread and a
+baseline. ``--resume`` restores a killed sweep (Tuner.restore) with the same parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from xalign.config import flatten
+from xalign.config.schema import RunConfig
+from xalign.config.sweep import SweepConfig, _set
+from xalign.sweep.space import dev_metric, pareto_front, tune_space
+from xalign.train.driver import TrainingError, init_ray, prepare_world, train
+
+STATE_FILE = "xalign_sweep.json"   # parent MLflow run id and phase, in the sweep's storage dir
+#: CPU held by each trial's Tune function, which only waits on its TorchTrainer (Tune
+#: refuses 0); the Train controller holds none, the workers hold scaling.cpus_per_worker.
+TRIAL_CPU = 0.01
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    phase: str                      # "search" | "confirm"
+    params: dict[str, Any]          # the sampled (or variant) overrides
+    metrics: dict[str, float]
+    status: str                     # TERMINATED | ERROR | STOPPED
+    seconds: float = 0.0
+
+
+@dataclass
+class SweepResult:
+    name: str
+    trials: list[Trial]
+    best: Optional[Trial]
+    pareto: list[Trial]
+    parent_run_id: Optional[str]
+    path: str
+    base_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def trial_config(base: dict, params: dict[str, Any]) -> RunConfig:
+    data = base
+    for key, value in params.items():
+        data = _set(data, key, value)
+    return RunConfig.model_validate(data)
+
+
+def make_trainable(base: dict, *, storage: str, parent_run_id: Optional[str], sweep_name: str, phase: str):
+    """The Tune function trainable of one phase."""
+
+    def run_trial(params: dict) -> None:
+        import ray.tune
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        context = ray.tune.get_context()
+        trial_id = context.get_trial_id()
+        variant = params.get("__variant__", params)
+        overrides = {k: v for k, v in variant.items() if not k.startswith("__")}
+        cfg = trial_config(base, overrides)
+        tags = {"xalign.trial_id": trial_id, "xalign.sweep": sweep_name, "xalign.phase": phase}
+        if "__control__" in variant or phase == "confirm":
+            tags["xalign.variant"] = variant.get("__control__", "best")
+        start = time.perf_counter()
+        result = train(cfg, name=context.get_trial_name(), storage_path=storage, callbacks=[TuneReportCallback()],
+                       parent_run_id=parent_run_id, tags=tags)
+        final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and "/layer" not in k}
+        ray.tune.report({**final, "trial_seconds": time.perf_counter() - start, "done_final": 1})
+
+    return run_trial
+
+
+def _resources(cfg: RunConfig) -> tuple[float, float]:
+    s = cfg.scaling
+    return s.num_workers * s.cpus_per_worker, (s.num_workers * s.gpus_per_worker if s.use_gpu else 0.0)
+
+
+def concurrency(cfg: RunConfig, requested: Optional[int]) -> int:
+    """Trials at once: what the cluster's CPUs and GPUs fit, each trial holding its workers'
+    CPUs plus TRIAL_CPU for its Tune function (the Train controller holds none)."""
+    import ray
+
+    cpu, gpu = _resources(cfg)
+    have = ray.cluster_resources()
+    fit = math.floor(have.get("CPU", 0) / (cpu + TRIAL_CPU))
+    if gpu:
+        fit = min(fit, math.floor(have.get("GPU", 0) / gpu))
+    if fit < 1:
+        raise TrainingError(f"one trial needs {cpu:g} CPUs and {gpu:g} GPUs (scaling.*) but the cluster has "
+                            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+    return min(fit, requested) if requested else fit
+
+
+def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: Path) -> Optional[str]:
+    if not sweep.tracking.enabled:
+        return None
+    from xalign import tracking
+
+    if state_path.is_file():
+        return json.loads(state_path.read_text())["parent_run_id"]
+    space = {f"search.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in sweep.search.items()}
+    run_id = tracking.start_run(sweep.tracking, run_name=name, params={**space, **flatten(sweep.tune, "tune")},
+                                config_yaml=yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False),
+                                tags={"xalign.kind": "sweep", "xalign.sweep": name})
+    tracking.log_text(sweep.tracking, run_id, sweep_file.read_text(encoding="utf-8"), f"sweep/{sweep_file.name}")
+    return run_id
+
+
+def _tuner(sweep: SweepConfig, trainable, *, phase: str, path: Path, space: dict, searcher, num_samples: int,
+           max_concurrent: int, resume: bool):
+    import ray.tune
+
+    cfg = sweep.run_config()
+    trainable = ray.tune.with_resources(trainable, {"CPU": TRIAL_CPU})
+    experiment = path / phase
+    if resume and ray.tune.Tuner.can_restore(str(experiment)):
+        return ray.tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=False,
+                                      restart_errored=False)
+    scheduler = None
+    if phase == "search" and sweep.tune.scheduler == "asha":
+        metric, mode = next(iter(sweep.tune.metrics.items()))
+        scheduler = ray.tune.schedulers.ASHAScheduler(
+            time_attr="step", metric=dev_metric(metric), mode=mode, max_t=cfg.optim.max_steps,
+            grace_period=min(sweep.tune.grace_period, cfg.optim.max_steps), reduction_factor=sweep.tune.reduction_factor)
+    return ray.tune.Tuner(
+        trainable, param_space=space,
+        tune_config=ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+                                        max_concurrent_trials=max_concurrent,
+                                        time_budget_s=sweep.tune.time_budget_s if phase == "search" else None),
+        run_config=ray.tune.RunConfig(name=phase, storage_path=str(path), failure_config=ray.tune.FailureConfig(0)))
+
+
+def _collect(results, phase: str) -> list[Trial]:
+    trials = []
+    for r in results:
+        metrics = {k: v for k, v in (r.metrics or {}).items() if isinstance(v, (int, float))}
+        params = (r.config or {}).get("__variant__", r.config or {})
+        status = "ERROR" if r.error else ("TERMINATED" if metrics.get("done_final") else "STOPPED")
+        trials.append(Trial(str((r.metrics or {}).get("trial_id", r.path.rsplit("/", 1)[-1])), phase, dict(params),
+                            metrics, status, float(metrics.get("trial_seconds", 0.0))))
+    return trials
+
+
+def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = None, resume: bool = False) -> SweepResult:
+    """Search, then confirm; blocks until both phases end."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    base_cfg = sweep.run_config()
+    name = name or sweep.name
+    world_dir = prepare_world(base_cfg)     # built once here, shared by every trial
+    init_ray(base_cfg, headroom_cpus=1)   # room for the trial functions' CPU slivers
+    # Periodic reports carry dev/ metrics; the objectives (eval/...) come with each trial's
+    # final report. The sweep file's metrics were checked against what trials report before
+    # this point (xalign.config.sweep), so Tune's per-result check is not needed.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    root = Path(sweep.checkpoint.storage_path or Path.home() / "ray_results").expanduser()
+    if "://" not in str(root):
+        root = root.resolve()
+    path = root / name
+    state_path = path / STATE_FILE
+    if not resume and state_path.is_file():
+        raise TrainingError(f"a sweep named {name!r} already exists at {path}; pass --resume to continue it, "
+                            "or set name=<new name> to start another")
+    path.mkdir(parents=True, exist_ok=True)
+    parent = _open_parent(sweep, name, sweep_file, state_path)
+    state_path.write_text(json.dumps({"parent_run_id": parent, "name": name}) + "\n")
+    max_concurrent = concurrency(base_cfg, sweep.tune.max_concurrent_trials)
+    base_metrics = evaluate_base_model(base_cfg, world_dir, path, parent)
+    # The starting model is the same for every trial: evaluated once above, not per trial.
+    base = base_cfg.model_copy(update={"eval": base_cfg.eval.model_copy(update={"baseline": False})}).model_dump(
+        mode="json")
+    storage = str(path / "trials")
+    metrics = list(sweep.tune.metrics)
+    modes = [sweep.tune.metrics[m] for m in metrics]
+    import optuna
+
+    sampler = (optuna.samplers.TPESampler(seed=sweep.tune.seed) if sweep.tune.searcher == "tpe"
+               else optuna.samplers.RandomSampler(seed=sweep.tune.seed))
+    searcher = OptunaSearch(metric=metrics if len(metrics) > 1 else metrics[0],
+                            mode=modes if len(modes) > 1 else modes[0], sampler=sampler)
+    trainable = make_trainable(base, storage=storage, parent_run_id=parent, sweep_name=name, phase="search")
+    tuner = _tuner(sweep, trainable, phase="search", path=path, space=tune_space(sweep.search), searcher=searcher,
+                   num_samples=sweep.tune.num_samples, max_concurrent=max_concurrent, resume=resume)
+    trials = _collect(tuner.fit(), "search")
+    finished = [t for t in trials if all(m in t.metrics for m in metrics)]
+    front = pareto_front(finished, sweep.tune.metrics)
+    best = max(front, key=lambda t: tuple(t.metrics[m] * (1 if sweep.tune.metrics[m] == "max" else -1)
+                                          for m in metrics)) if front else None
+    if best is not None and sweep.confirm.seeds:
+        import ray.tune
+
+        variants = [{**best.params, "seed": seed} for seed in sweep.confirm.seeds]
+        variants += [{**best.params, **over, "seed": seed, "__control__": cname}
+                     for cname, over in sweep.confirm.controls.items() for seed in sweep.confirm.seeds]
+        confirm = make_trainable(base, storage=storage, parent_run_id=parent, sweep_name=name, phase="confirm")
+        tuner = _tuner(sweep, confirm, phase="confirm", path=path, space={"__variant__": ray.tune.grid_search(variants)},
+                       searcher=None, num_samples=1, max_concurrent=max_concurrent, resume=resume)
+        confirmed = _collect(tuner.fit(), "confirm")
+        for trial, variant in zip(confirmed, variants):
+            trial.params = variant
+        trials += confirmed
+    result = SweepResult(name, trials, best, front, parent, str(path), base_metrics)
+    if parent is not None:
+        _close_parent(sweep, parent, result)
+    return result
+
+
+def evaluate_base_model(cfg: RunConfig, world_dir, path: Path, parent: Optional[str]) -> dict[str, float]:
+    """The starting model's test metrics (base/...), once per sweep, logged to the parent
+    run; cached in the sweep's folder so a resumed sweep does not evaluate it again."""
+    from xalign.train.driver import evaluation_plan, final_evaluation
+
+    cache = path / "base_metrics.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    plan = evaluation_plan(cfg, world_dir)
+    if not plan["evaluate"]:
+        return {}
+    result = final_evaluation(cfg, None, world_dir, plan, run_id=parent, step=0, out_dir=path / "base_eval")
+    cache.write_text(json.dumps(result.metrics, sort_keys=True) + "\n")
+    return result.metrics
+
+
+def _close_parent(sweep: SweepConfig, parent: str, result: SweepResult) -> None:
+    from xalign import tracking
+
+    best = result.best
+    if best is not None:
+        best_config = trial_config(sweep.run_config().model_dump(mode="json"), best.params)
+        tracking.set_tags(sweep.tracking, parent, {"xalign.best_trial_id": best.trial_id})
+        tracking.log_results(sweep.tracking, parent, {f"best/{k}": v for k, v in best.metrics.items()
+                                                      if k.startswith(("eval/", "base/", "align/"))}, ())
+        tracking.log_text(sweep.tracking, parent, yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False),
+                          "best_config.yaml")
+    tracking.log_text(sweep.tracking, parent, json.dumps([t.__dict__ for t in result.trials], indent=2, default=str),
+                      "trials.json")
+    tracking.end_run(sweep.tracking, parent, status="FINISHED")
