@@ -34,6 +34,24 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def check_reachable(cfg: TrackingConfig) -> None:
+    """Fail early, with the URI, when the tracking store cannot be reached (before any run
+    or trial starts)."""
+    from xalign.errors import XalignError
+
+    if not cfg.enabled:
+        return
+    uri = tracking_uri(cfg)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as exc:  # mlflow raises many kinds: all mean "cannot use this store"
+        raise XalignError(f"tracking.tracking_uri: cannot reach the MLflow store at {uri}: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Start the server, fix the "
+                          "URI (or MLFLOW_TRACKING_URI), or set tracking.enabled=false") from exc
+
+
 def experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     return experiment.experiment_id if experiment else client.create_experiment(name)

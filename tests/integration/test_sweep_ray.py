@@ -70,7 +70,7 @@ def test_sweep_runs_trials_as_mlflow_children_and_confirms_the_best(small_sweep)
             <= set(child.data.metrics)
         assert "base/acc" not in child.data.metrics                     # not re-evaluated per trial
     control = [c for c in children if c.data.tags.get("xalign.variant") == "no_contrastive"]
-    assert len(control) == 1 and control[0].data.params["objective.contrastive_weight"] == "0"
+    assert len(control) == 1 and float(control[0].data.params["objective.contrastive_weight"]) == 0
     searched = [float(c.data.params["objective.temperature"]) for c in children if c.data.tags["xalign.phase"] == "search"]
     assert all(0.05 <= t <= 0.2 for t in searched) and len(set(searched)) == 2
     assert "Pareto front" in stdout and "base model" in stdout and "no_contrastive (n=1)" in stdout

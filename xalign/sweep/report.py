@@ -77,8 +77,10 @@ def summary(result, sweep: SweepConfig) -> str:
     if result.parent_run_id:
         from xalign.tracking import tracking_uri
 
-        out.append(f"MLflow: mlflow ui --backend-store-uri {tracking_uri(sweep.tracking)}  "
-                   f"(parent run {result.parent_run_id})")
+        uri = tracking_uri(sweep.tracking)
+        out.append(f"MLflow: mlflow ui --backend-store-uri {uri}  (parent run {result.parent_run_id}; "
+                   "then http://127.0.0.1:5000)")
+        out.append(f"Report: xalign report {result.name} tracking_uri={uri} experiment={sweep.tracking.experiment}")
     return "\n".join(out)
 
 

@@ -159,8 +159,11 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     """Search, then confirm; blocks until both phases end."""
     from ray.tune.search.optuna import OptunaSearch
 
+    from xalign import tracking
+
     base_cfg = sweep.run_config()
     name = name or sweep.name
+    tracking.check_reachable(sweep.tracking)
     world_dir = prepare_world(base_cfg)     # built once here, shared by every trial
     init_ray(base_cfg, headroom_cpus=1)   # room for the trial functions' CPU slivers
     # Periodic reports carry dev/ metrics; the objectives (eval/...) come with each trial's
@@ -175,10 +178,10 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     if not resume and state_path.is_file():
         raise TrainingError(f"a sweep named {name!r} already exists at {path}; pass --resume to continue it, "
                             "or set name=<new name> to start another")
+    max_concurrent = concurrency(base_cfg, sweep.tune.max_concurrent_trials)   # before anything is written
     path.mkdir(parents=True, exist_ok=True)
     parent = _open_parent(sweep, name, sweep_file, state_path)
     state_path.write_text(json.dumps({"parent_run_id": parent, "name": name}) + "\n")
-    max_concurrent = concurrency(base_cfg, sweep.tune.max_concurrent_trials)
     base_metrics = evaluate_base_model(base_cfg, world_dir, path, parent)
     # The starting model is the same for every trial: evaluated once above, not per trial.
     base = base_cfg.model_copy(update={"eval": base_cfg.eval.model_copy(update={"baseline": False})}).model_dump(

@@ -190,6 +190,8 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     from xalign import tracking
     from xalign.train.worker import train_loop_per_worker
 
+    if cfg.tracking.enabled:
+        tracking.check_reachable(cfg.tracking)
     world_dir = prepare_world(cfg)
     init_ray(cfg)
     name = name or run_name(cfg)
@@ -241,6 +243,10 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
             metrics.update(evaluation.metrics)
         status = "FINISHED"
         return TrainResult(int(metrics.get("step", 0)), metrics, checkpoint, result.path, run_id, evaluation)
+    except BaseException as exc:
+        if run_id is not None:  # the run says why it failed, in MLflow too
+            tracking.set_tags(cfg.tracking, run_id, {"xalign.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        raise
     finally:
         if run_id is not None:
             tracking.end_run(cfg.tracking, run_id, status=status)
