@@ -77,6 +77,7 @@ def tokenize_lm(tokenizer, samples: Sequence[LMSample], *, max_length: int) -> t
         ex = build_lm_example(prompt, response, max_length=max_length, eos_id=tokenizer.eos_token_id,
                               truncate_prompt=True)
         truncated += ex["prompt_truncated"] > 0
+        ex.update(kind=sample.kind, src_lang=sample.src_lang, tgt_lang=sample.tgt_lang)   # for stats and checks
         examples.append(ex)
     return examples, truncated
 
