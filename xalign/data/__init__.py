@@ -180,7 +180,10 @@ def data_cache_key(cfg: RunConfig, tokenizer, world_dir: Path | None) -> str:
         sources["world"] = file_digest(str(Path(world_dir) / "manifest.json"))
     return cache_key({
         "sources": sources,
-        "data": d.model_dump(mode="json", exclude={"world", "pack", "cache"}),
+        # Local paths are left out: the sources' content is what counts (the same files
+        # mounted elsewhere, e.g. on another node, hit the same entry).
+        "data": d.model_dump(mode="json", exclude={"world": True, "pack": True, "cache": True,
+                                                   **{s: {"path"} for s in ("pairs", "instructions", "replay")}}),
         "seed": cfg.seed,
         "hard_negatives": cfg.objective.hard_negatives,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -247,7 +250,9 @@ def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
     if mix.replay_share > 0:
         samples = add_replay(samples, replay_texts(cfg, world_dir, pivot, src.bad_lines), share=mix.replay_share, pivot=pivot,
                              seed=cfg.seed, tokenizer=tokenizer, max_length=cfg.data.max_length)
-    examples, truncated = tokenize_lm(tokenizer, samples, max_length=cfg.data.max_length)
+    tokenized_lm = tokenize_lm(tokenizer, samples, max_length=cfg.data.max_length)
+    examples, truncated = tokenized_lm.examples, tokenized_lm.truncated
+    samples = [samples[i] for i in tokenized_lm.kept]
 
     realised, available = Counter(pair_key(p) for p in pair_texts), Counter(clean_keys)
     read_keys = sorted(filtered.read)
@@ -265,6 +270,7 @@ def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
         "lm": lm,
         "instruction_ids_dropped": build.dropped_ids,
         "prompts_truncated": truncated,
+        "lm_dropped_too_long": sum(tokenized_lm.too_long_by.values()),
         "bad_lines": dict(src.bad_lines),
     }
     return AlignmentData(tokenized, examples, tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, stats)

@@ -139,7 +139,7 @@ def json_rows(path: str, bad: BadLines) -> Iterator[tuple[int, dict]]:
         if not text.strip():
             continue
         try:
-            row = json.loads(text)
+            row = json.loads(text.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             bad(path, number, f"not valid JSON ({exc.msg}, column {exc.colno}); expected one JSON object per line")
             continue
