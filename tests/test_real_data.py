@@ -245,7 +245,7 @@ def test_the_data_cache_hits_on_the_same_inputs_and_misses_on_any_change(real_fi
     assert not hit(cfg, byte_bpe(["a different tokenizer", "trained on other text"], vocab_size=300))
     assert hit(real_config(real_files, *small, "data.pack=true"))          # collation only: same data
     # The same content elsewhere hits (content, not paths, is the key); changed content misses.
-    out, pairs, pattern = real_files
+    _, pairs, pattern = real_files
     moved = tmp_path / "moved"
     for lang in ("en", *PAWSX):
         write_jsonl(moved / f"{lang}.jsonl", [json.loads(x) for x in Path(str(pattern).format(lang=lang)).read_text(

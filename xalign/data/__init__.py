@@ -17,7 +17,13 @@ from xalign.data.batches import (
     tokenize_lm,
     tokenize_pairs,
 )
-from xalign.data.cache import LM_COLUMNS, cache_key, load_entry, save_entry, tokenizer_fingerprint
+from xalign.data.cache import (
+    LM_COLUMNS,
+    cache_key,
+    load_entry,
+    save_entry,
+    tokenizer_fingerprint,
+)
 from xalign.data.instructions import cross_lingual_samples
 from xalign.data.languages import LANGUAGE_NAMES, known_name
 from xalign.data.mix import (
@@ -31,7 +37,12 @@ from xalign.data.mix import (
     resample_by_language,
 )
 from xalign.data.prompts import english_words, world_words
-from xalign.data.sources import SourceError, file_digest, load_source, source_fingerprint
+from xalign.data.sources import (
+    SourceError,
+    file_digest,
+    load_source,
+    source_fingerprint,
+)
 from xalign.data.stream import ShardedOrder
 from xalign.data.world import load_world_data
 
