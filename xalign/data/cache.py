@@ -103,6 +103,9 @@ def save_entry(key: str, pairs: dict, lm: dict, meta: dict) -> Path:
     path = entry_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)     # mkdtemp's 0700 would hide a shared cache from other users
     try:
         ids = (getattr(datasets, "List", None) or datasets.Sequence)(datasets.Value("int32"))
         pair_features = {"src": ids, "tgt": ids, "lang": datasets.Value("string"), "kept": datasets.Value("int64")}
