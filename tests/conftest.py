@@ -29,9 +29,10 @@ def tiny_world_overrides() -> list[str]:
     return list(TINY_WORLD)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def xalign_home(tmp_path_factory):
-    """XALIGN_HOME for the session: worlds built by code under test land here."""
+    """XALIGN_HOME for the session: worlds and data caches built by code under test land
+    here, never in the user's ~/.cache/xalign."""
     home = tmp_path_factory.mktemp("xalign_home")
     old = os.environ.get("XALIGN_HOME")
     os.environ["XALIGN_HOME"] = str(home)

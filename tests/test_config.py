@@ -27,10 +27,26 @@ def problems_of(path: Path, overrides=()) -> list[str]:
     return [str(p) for p in info.value.problems]
 
 
+def is_sweep_file(path: Path) -> bool:
+    """A sweep file has a search, tune or confirm section (its own, not an extended file's)."""
+    import yaml
+
+    from xalign.config.sweep import SWEEP_KEYS
+
+    data = yaml.safe_load(path.read_text()) or {}
+    return any(key in data for key in SWEEP_KEYS)
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
 def test_every_yaml_under_sweeps_validates(path):
-    cfg = load_run(path)
-    assert isinstance(cfg, RunConfig)
+    """Run files as run configs; sweep files (search/tune/confirm) as sweeps, which also
+    checks every search bound and control against the run config."""
+    if is_sweep_file(path):
+        from xalign.config.sweep import SweepConfig, load_sweep
+
+        assert isinstance(load_sweep(path), SweepConfig)
+    else:
+        assert isinstance(load_run(path), RunConfig)
 
 
 def test_sweeps_folder_is_not_empty():

@@ -113,6 +113,16 @@ class SourceConfig(Section):
     format: Literal["auto", "json", "jsonl", "csv", "tsv", "parquet", "disk"] = "auto"
     #: Renames: our column name -> the source's column name.
     columns: dict[str, str] = Field(default_factory=dict)
+    #: Read Parquet, hub and save_to_disk sources as a stream (a ``datasets`` iterable
+    #: dataset) instead of preparing them whole first; with ``max_rows``, a hub dataset is
+    #: read no further than that. Local JSON/JSONL/CSV/TSV are always read line by line.
+    streaming: bool = False
+    #: Read at most this many rows (per file of ``{lang}``); None = all.
+    max_rows: Optional[PositiveInt] = None
+    #: Malformed lines (bad JSON, a wrong number of fields, not UTF-8, a missing field)
+    #: skipped and counted (the run's ``data/bad_lines/...``) before reading fails; 0 =
+    #: the first one is an error.
+    max_bad_lines: NonNegInt = 0
 
     @model_validator(mode="after")
     def _one_origin(self) -> "SourceConfig":
@@ -177,6 +187,13 @@ class DataConfig(Section):
     max_length: PositiveInt = 512
     #: Pack LM samples into rows (sample boundaries kept) instead of padding each.
     pack: bool = False
+    #: English names of languages for "Answer in {name}:" / "Translate into {name}:" with
+    #: real data, e.g. {qu: Quechua}; they add to (or replace) the built-in names of the 52
+    #: Bactrian-X languages.
+    language_names: dict[str, str] = Field(default_factory=dict)
+    #: Keep the tokenised data of a run in $XALIGN_HOME/cache/data (keyed by a hash of the
+    #: sources' content, the tokenizer, max_length, the mix and the seed) and reuse it.
+    cache: bool = True
     mix: MixConfig = Field(default_factory=MixConfig)
 
     @model_validator(mode="after")

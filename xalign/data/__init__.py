@@ -10,13 +10,22 @@ from pathlib import Path
 
 from xalign.config.schema import RunConfig
 from xalign.data.batches import (
+    TokenizedPairs,
     collate_lm_batch,
     collate_pairs,
     num_tokens,
     tokenize_lm,
     tokenize_pairs,
 )
+from xalign.data.cache import (
+    LM_COLUMNS,
+    cache_key,
+    load_entry,
+    save_entry,
+    tokenizer_fingerprint,
+)
 from xalign.data.instructions import cross_lingual_samples
+from xalign.data.languages import LANGUAGE_NAMES, known_name
 from xalign.data.mix import (
     DROP_REASONS,
     add_replay,
@@ -28,7 +37,12 @@ from xalign.data.mix import (
     resample_by_language,
 )
 from xalign.data.prompts import english_words, world_words
-from xalign.data.sources import load_source
+from xalign.data.sources import (
+    SourceError,
+    file_digest,
+    load_source,
+    source_fingerprint,
+)
 from xalign.data.stream import ShardedOrder
 from xalign.data.world import load_world_data
 
@@ -43,6 +57,8 @@ class AlignmentData:
     stats: dict = field(default_factory=dict)
     pair_order: ShardedOrder | None = None
     lm_order: ShardedOrder | None = None
+    #: The data cache entry: {"hit": loaded from it?, "path", "key"}; None = not cached.
+    cache: dict | None = None
 
     def shard(self, *, seed: int, local_batch: int, world_size: int, rank: int) -> "AlignmentData":
         """Fix this worker's slice of every global micro-batch."""
@@ -75,8 +91,30 @@ PAIR_COLUMNS = ("src", "tgt", "src_lang", "tgt_lang")
 INSTRUCTION_COLUMNS = ("id", "instruction", "input", "output")
 
 
-def read_sources(cfg: RunConfig, world_dir: Path | None):
-    """(pivot, other languages, pairs, instruction items by language and id, prompt words)
+@dataclass
+class Sources:
+    pivot: str
+    others: list[str]
+    pairs: list[dict]
+    items: dict                     # lang -> id -> instruction item
+    words: object                   # PromptWords
+    bad_lines: dict[str, int] = field(default_factory=dict)   # source -> malformed lines skipped
+
+
+def check_language_names(cfg: RunConfig, languages) -> None:
+    """Real data names target languages in English ("Answer in {name}:"): every language
+    needs a name, built in or from ``data.language_names``."""
+    missing = [lang for lang in languages if known_name(lang, cfg.data.language_names) is None]
+    if missing:
+        example = ", ".join(f"{lang}: <English name>" for lang in missing)
+        raise SourceError(f"data.languages: no English name is known for {missing}, needed for the prompt "
+                          f"\"... Answer in {{name}}:\" (and \"Translate into {{name}}:\"); name them in the config: "
+                          f"data.language_names: {{{example}}}. Built-in names cover the 52 Bactrian-X languages: "
+                          f"{', '.join(sorted(LANGUAGE_NAMES))}")
+
+
+def read_sources(cfg: RunConfig, world_dir: Path | None) -> Sources:
+    """Pivot, other languages, pairs, instruction items by language and id, and prompt words
     from the configured real sources, the synthetic world filling in what is not configured."""
     world = load_world_data(world_dir) if world_dir is not None and cfg.data.instructions is None else None
     pivot = cfg.data.pivot or (world.pivot if world else None)
@@ -84,29 +122,34 @@ def read_sources(cfg: RunConfig, world_dir: Path | None):
     if world is not None:
         unknown = sorted(set(languages) - set(world.languages))
         if unknown:
-            raise ValueError(f"data.languages: {unknown} are not languages of the world; it has {world.languages}")
+            raise SourceError(f"data.languages: {unknown} are not languages of the world; it has {world.languages}")
         if pivot != world.pivot:
-            raise ValueError(f"data.pivot: the world's pivot is {world.pivot!r}, got {pivot!r}")
+            raise SourceError(f"data.pivot: the world's pivot is {world.pivot!r}, got {pivot!r}")
     others = [lang for lang in languages if lang != pivot]
+    bad_lines: dict[str, int] = {}
     if cfg.data.instructions is not None:
-        items = {lang: {str(row["id"]): row for row in load_source(
-                    cfg.data.instructions, required=INSTRUCTION_COLUMNS, lang=lang, key="data.instructions")}
-                 for lang in [pivot, *others]}
-        words = english_words(cfg.data.mix.target_name_in)
+        check_language_names(cfg, [pivot, *others])
+        items = {}
+        for lang in [pivot, *others]:
+            rows = load_source(cfg.data.instructions, required=INSTRUCTION_COLUMNS, lang=lang, key="data.instructions")
+            items[lang] = {str(row["id"]): row for row in rows}
+            bad_lines[f"instructions/{lang}"] = rows.bad_lines
+        words = english_words(cfg.data.mix.target_name_in, cfg.data.language_names)
     else:
         items, words = world.instructions, world_words(world, cfg.data.mix.target_name_in)
     if cfg.objective.hard_negatives and cfg.data.pairs is None:
-        raise ValueError("objective.hard_negatives: only a data.pairs source can bring hard negatives (a "
-                         "`hard_negative` column, in the target language); the configured pairs have none")
+        raise SourceError("objective.hard_negatives: only a data.pairs source can bring hard negatives (a "
+                          "`hard_negative` column, in the target language); the configured pairs have none")
     if cfg.data.pairs is not None:
         required = PAIR_COLUMNS + (("hard_negative",) if cfg.objective.hard_negatives else ())
-        pairs = [p for p in load_source(cfg.data.pairs, required=required, key="data.pairs")
-                 if p["tgt_lang"] in others and p["src_lang"] == pivot]
+        rows = load_source(cfg.data.pairs, required=required, key="data.pairs")
+        bad_lines["pairs"] = rows.bad_lines
+        pairs = [p for p in rows if p["tgt_lang"] in others and p["src_lang"] == pivot]
     elif world is not None:
         pairs = [p for p in world.pairs if p["tgt_lang"] in others]
     else:
         pairs = pairs_from_instructions(items, pivot=pivot, others=others)
-    return pivot, others, pairs, items, words
+    return Sources(pivot, others, pairs, items, words, bad_lines)
 
 
 def pairs_from_instructions(items, *, pivot: str, others) -> list[dict]:
@@ -119,27 +162,84 @@ def pairs_from_instructions(items, *, pivot: str, others) -> list[dict]:
             for lang in others for i in sorted(set(items[pivot]) & set(items[lang]))]
 
 
-def replay_texts(cfg: RunConfig, world_dir: Path | None, pivot: str) -> list[str]:
+def replay_texts(cfg: RunConfig, world_dir: Path | None, pivot: str, bad_lines: dict) -> list[str]:
     """Pivot pre-training text for replay: ``data.replay`` (a ``text`` column), else the
     world's pivot corpus (one document per line)."""
     if cfg.data.replay is not None:
-        return [row["text"] for row in load_source(cfg.data.replay, required=("text",), key="data.replay")
-                if row["text"]]
+        rows = load_source(cfg.data.replay, required=("text",), key="data.replay")
+        bad_lines["replay"] = rows.bad_lines
+        return [row["text"] for row in rows if row["text"]]
     if world_dir is None:
         return []
     path = Path(world_dir) / "corpus" / f"{pivot}.txt"
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def data_cache_key(cfg: RunConfig, tokenizer, world_dir: Path | None) -> str:
+    """The content hash that names a run's tokenised data (``xalign.data.cache``): the
+    sources' content, the world's manifest, the tokenizer, the data config and the seed."""
+    d = cfg.data
+    sources: dict[str, str] = {}
+    if d.pairs is not None:
+        sources["pairs"] = source_fingerprint(d.pairs, key="data.pairs")
+    if d.instructions is not None:
+        for lang in dict.fromkeys([d.pivot, *d.languages]):
+            sources[f"instructions/{lang}"] = source_fingerprint(d.instructions, lang=lang, key="data.instructions")
+    if d.replay is not None and d.mix.replay_share > 0:
+        sources["replay"] = source_fingerprint(d.replay, key="data.replay")
+    if world_dir is not None:
+        sources["world"] = file_digest(str(Path(world_dir) / "manifest.json"))
+    return cache_key({
+        "sources": sources,
+        # Local paths are left out: the sources' content is what counts (the same files
+        # mounted elsewhere, e.g. on another node, hit the same entry).
+        "data": d.model_dump(mode="json", exclude={"world": True, "pack": True, "cache": True,
+                                                   **{s: {"path"} for s in ("pairs", "instructions", "replay")}}),
+        "seed": cfg.seed,
+        "hard_negatives": cfg.objective.hard_negatives,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    })
+
+
 def build_alignment_data(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
     """Pairs and LM samples of the run, with the realised mix in ``stats`` (see
-    ``xalign.data.mix``; ``mix_metrics(stats)`` flattens it for MLflow)."""
+    ``xalign.data.mix``; ``mix_metrics(stats)`` flattens it for MLflow). With
+    ``data.cache`` (the default) the tokenised data is loaded from the cache when the same
+    inputs were built before, else built and stored there; ``AlignmentData.cache`` says which."""
+    if not cfg.data.cache:
+        return _build(cfg, tokenizer, world_dir)
+    key = data_cache_key(cfg, tokenizer, world_dir)
+    entry = load_entry(key)
+    if entry is not None:
+        return _from_entry(cfg, tokenizer, entry)
+    data = _build(cfg, tokenizer, world_dir)
+    pairs = {"src": data.pairs.src, "tgt": data.pairs.tgt, "lang": data.pairs.langs, "kept": data.pairs.kept}
+    if data.pairs.neg is not None:
+        pairs["neg"] = data.pairs.neg
+    lm = {name: [ex[name] for ex in data.lm_examples] for name in LM_COLUMNS}
+    path = save_entry(key, pairs, lm, {"stats": data.stats, "too_long": data.pairs.too_long,
+                                        "too_long_by": data.pairs.too_long_by})
+    data.cache = {"hit": False, "path": str(path), "key": key}
+    return data
+
+
+def _from_entry(cfg: RunConfig, tokenizer, entry: dict) -> AlignmentData:
+    p, lm, meta = entry["pairs"], entry["lm"], entry["meta"]
+    pairs = TokenizedPairs(src=p["src"], tgt=p["tgt"], neg=p.get("neg"), langs=p["lang"], kept=p["kept"],
+                           too_long=meta["too_long"], too_long_by=meta["too_long_by"])
+    examples = [dict(zip(LM_COLUMNS, row)) for row in zip(*(lm[name] for name in LM_COLUMNS))]
+    return AlignmentData(pairs, examples, tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, meta["stats"],
+                         cache={"hit": True, "path": entry["path"], "key": meta["key"]})
+
+
+def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
     mix = cfg.data.mix
-    pivot, others, pairs, items, words = read_sources(cfg, world_dir)
+    src = read_sources(cfg, world_dir)
+    pivot, others, pairs, items, words = src.pivot, src.others, src.pairs, src.items, src.words
     languages = [pivot, *others]
     unknown = sorted(set(mix.pair_weights) - set(languages))
     if unknown:
-        raise ValueError(f"data.mix.pair_weights: {unknown} are not languages of this run; it has {languages}")
+        raise SourceError(f"data.mix.pair_weights: {unknown} are not languages of this run; it has {languages}")
 
     # Contrastive pairs: filter (empty, identical, duplicate, too long), then the language mix.
     filtered = filter_pairs(pairs)
@@ -159,9 +259,11 @@ def build_alignment_data(cfg: RunConfig, tokenizer, world_dir: Path | None) -> A
     samples = mix_lm_samples(build.samples, pair_texts, share=mix.translation_share, words=words,
                              template=mix.translation_template, seed=cfg.seed)
     if mix.replay_share > 0:
-        samples = add_replay(samples, replay_texts(cfg, world_dir, pivot), share=mix.replay_share, pivot=pivot,
+        samples = add_replay(samples, replay_texts(cfg, world_dir, pivot, src.bad_lines), share=mix.replay_share, pivot=pivot,
                              seed=cfg.seed, tokenizer=tokenizer, max_length=cfg.data.max_length)
-    examples, truncated = tokenize_lm(tokenizer, samples, max_length=cfg.data.max_length)
+    tokenized_lm = tokenize_lm(tokenizer, samples, max_length=cfg.data.max_length)
+    examples, truncated = tokenized_lm.examples, tokenized_lm.truncated
+    samples = [samples[i] for i in tokenized_lm.kept]
 
     realised, available = Counter(pair_key(p) for p in pair_texts), Counter(clean_keys)
     read_keys = sorted(filtered.read)
@@ -179,8 +281,11 @@ def build_alignment_data(cfg: RunConfig, tokenizer, world_dir: Path | None) -> A
         "lm": lm,
         "instruction_ids_dropped": build.dropped_ids,
         "prompts_truncated": truncated,
+        "lm_dropped_too_long": sum(tokenized_lm.too_long_by.values()),
+        "bad_lines": dict(src.bad_lines),
     }
     return AlignmentData(tokenized, examples, tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, stats)
 
 
-__all__ = ["AlignmentData", "build_alignment_data", "mix_metrics", "pairs_from_instructions", "read_sources"]
+__all__ = ["AlignmentData", "SourceError", "build_alignment_data", "data_cache_key", "mix_metrics",
+           "pairs_from_instructions", "read_sources"]

@@ -65,20 +65,38 @@ def tokenize_pairs(tokenizer, pairs: Sequence[dict], *, max_length: int) -> Toke
     return out
 
 
-def tokenize_lm(tokenizer, samples: Sequence[LMSample], *, max_length: int) -> tuple[list[dict], int]:
-    """(examples, prompts truncated): prompt tokens are cut from the start when a sample is
-    too long; response tokens never are."""
-    examples, truncated = [], 0
-    for sample in samples:
+@dataclass
+class TokenizedLM:
+    examples: list[dict]
+    #: Samples whose prompt was cut at the start to fit max_length.
+    truncated: int = 0
+    #: Index in the input of each sample kept.
+    kept: list[int] = field(default_factory=list)
+    #: Samples dropped because the response alone (with EOS) does not fit max_length (a
+    #: cut response would teach the model to stop mid-answer), by "src->tgt".
+    too_long_by: dict[str, int] = field(default_factory=dict)
+
+
+def tokenize_lm(tokenizer, samples: Sequence[LMSample], *, max_length: int) -> TokenizedLM:
+    """Prompt tokens are cut from the start when a sample is too long; response tokens
+    never are: a sample whose response alone does not fit is dropped and counted."""
+    out = TokenizedLM([])
+    for index, sample in enumerate(samples):
         prompt = encode(tokenizer, sample.prompt)
         if not prompt:  # plain text (replay) with a tokenizer that has no BOS: EOS opens it
             prompt = [tokenizer.eos_token_id]
         response = tokenizer(" " + sample.response, add_special_tokens=False)["input_ids"]
+        if len(response) + 2 > max_length:          # + EOS, + at least one prompt token
+            key = f"{sample.src_lang}->{sample.tgt_lang}"
+            out.too_long_by[key] = out.too_long_by.get(key, 0) + 1
+            continue
         ex = build_lm_example(prompt, response, max_length=max_length, eos_id=tokenizer.eos_token_id,
                               truncate_prompt=True)
-        truncated += ex["prompt_truncated"] > 0
-        examples.append(ex)
-    return examples, truncated
+        out.truncated += ex["prompt_truncated"] > 0
+        ex.update(kind=sample.kind, src_lang=sample.src_lang, tgt_lang=sample.tgt_lang)   # for stats and checks
+        out.examples.append(ex)
+        out.kept.append(index)
+    return out
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,10 @@
 """English names of languages, for the released prompt "... Answer in {name}:". Covers the
-52 languages of Bactrian-X (ISO 639-1 codes, as that dataset names its files)."""
+52 languages of Bactrian-X (ISO 639-1 codes, as that dataset names its files); a run's
+``data.language_names`` adds others."""
+
+from __future__ import annotations
+
+from typing import Mapping
 
 LANGUAGE_NAMES = {
     "af": "Afrikaans", "ar": "Arabic", "az": "Azerbaijani", "bn": "Bengali", "cs": "Czech",
@@ -16,16 +21,33 @@ LANGUAGE_NAMES = {
 }
 
 
-def language_name(code: str) -> str:
-    """English name of ``code``; an unknown code is an error that lists the known ones."""
-    base = code.split("_")[0].split("-")[0]
-    if base not in LANGUAGE_NAMES:
+def _base(code: str) -> str:
+    return code.split("_")[0].split("-")[0]
+
+
+def known_name(code: str, extra: Mapping[str, str] | None = None) -> str | None:
+    """English name of ``code`` from ``extra`` (a config's ``data.language_names``: the
+    code itself, then its base ``xx`` of ``xx_YY``), else from the built-in table; None if
+    neither has it."""
+    extra = extra or {}
+    for candidate in (code, _base(code)):
+        if candidate in extra:
+            return extra[candidate]
+    return LANGUAGE_NAMES.get(_base(code))
+
+
+def language_name(code: str, extra: Mapping[str, str] | None = None) -> str:
+    """English name of ``code``; an unknown code is an error that lists the known ones and
+    says how to add a name (``data.language_names``)."""
+    name = known_name(code, extra)
+    if name is None:
         import difflib
 
-        close = difflib.get_close_matches(base, LANGUAGE_NAMES, n=1)
+        close = difflib.get_close_matches(_base(code), LANGUAGE_NAMES, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown language code {code!r}.{hint} Known: {', '.join(sorted(LANGUAGE_NAMES))}")
-    return LANGUAGE_NAMES[base]
+        raise ValueError(f"Unknown language code {code!r}.{hint} Name it in the config, e.g. data.language_names: "
+                         f"{{{code}: <English name>}}. Known: {', '.join(sorted(set(LANGUAGE_NAMES) | set(extra or {})))}")
+    return name
 
 
 def answer_in_english(src: str, tgt: str) -> str:

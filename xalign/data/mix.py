@@ -215,7 +215,8 @@ def mix_metrics(stats: Mapping) -> dict[str, float]:
         data/pairs_dropped/qaa-qab/empty dropped, by pair and reason (and data/pairs_dropped/<reason>)
         data/lm/total, data/lm/n_instruction, data/lm/n_translation, data/lm/translation_share
         data/lm/instruction/qab-qac      LM samples by kind and direction
-        data/instruction_ids_dropped, data/prompts_truncated
+        data/instruction_ids_dropped, data/prompts_truncated, data/lm_dropped_too_long
+        data/bad_lines/pairs             malformed lines skipped, by source (and data/bad_lines/total)
     """
     out: dict[str, float] = {}
 
@@ -244,7 +245,12 @@ def mix_metrics(stats: Mapping) -> dict[str, float]:
     for kind, counts in lm.get("by_direction", {}).items():
         for direction, n in counts.items():
             put(f"lm/{kind}/{direction}", n)
-    for key in ("instruction_ids_dropped", "prompts_truncated"):
+    bad = stats.get("bad_lines", {})
+    for source, n in bad.items():
+        put(f"bad_lines/{source}", n)
+    if bad:
+        put("bad_lines/total", sum(bad.values()))
+    for key in ("instruction_ids_dropped", "prompts_truncated", "lm_dropped_too_long"):
         if key in stats:
             put(key, stats[key])
     return out

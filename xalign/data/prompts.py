@@ -11,7 +11,7 @@ language (``"source"``: the world has every language's name in every language).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from xalign.data.languages import language_name
 from xalign.data.world import WorldData
@@ -38,13 +38,15 @@ class PromptWords:
         raise ValueError(f"unknown translation template {template!r}; one of 'translate', 'equals'")
 
 
-def english_words(target_name_in: str = "pivot") -> PromptWords:
-    """The released English words; only English language names exist for real data."""
+def english_words(target_name_in: str = "pivot", names: Mapping[str, str] | None = None) -> PromptWords:
+    """The released English words; only English language names exist for real data.
+    ``names`` (``data.language_names``) adds to the built-in English names."""
     if target_name_in != "pivot":
         raise ValueError(f"data.mix.target_name_in={target_name_in!r}: real data names languages in English "
                          "only (the pivot's words); 'source' needs the synthetic world's instructions")
-    return PromptWords(answer_in=lambda src, tgt: f"Answer in {language_name(tgt)}:",
-                       translate_into=lambda src, tgt: f"Translate into {language_name(tgt)}:",
+    names = dict(names or {})
+    return PromptWords(answer_in=lambda src, tgt: f"Answer in {language_name(tgt, names)}:",
+                       translate_into=lambda src, tgt: f"Translate into {language_name(tgt, names)}:",
                        equals="=")
 
 

@@ -24,7 +24,7 @@ from xalign.config import flatten
 from xalign.config.schema import RunConfig
 from xalign.config.sweep import SweepConfig, _set
 from xalign.sweep.space import dev_metric, pareto_front, tune_space
-from xalign.train.driver import TrainingError, init_ray, prepare_world, train
+from xalign.train.driver import TrainingError, init_ray, prepare_data, prepare_world, train
 
 STATE_FILE = "xalign_sweep.json"   # parent MLflow run id and phase, in the sweep's storage dir
 #: CPU held by each trial's Tune function, which only waits on its TorchTrainer (Tune
@@ -165,6 +165,7 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     name = name or sweep.name
     tracking.check_reachable(sweep.tracking)
     world_dir = prepare_world(base_cfg)     # built once here, shared by every trial
+    prepare_data(base_cfg, world_dir)       # a bad data source fails here, before any trial
     init_ray(base_cfg, headroom_cpus=1)   # room for the trial functions' CPU slivers
     # Periodic reports carry dev/ metrics; the objectives (eval/...) come with each trial's
     # final report. The sweep file's metrics were checked against what trials report before

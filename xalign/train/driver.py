@@ -48,6 +48,18 @@ def prepare_world(cfg: RunConfig) -> Optional[Path]:
     return ensure_world(cfg.data.world, with_model=cfg.model.name_or_path == WORLD_MODEL)
 
 
+def prepare_data(cfg: RunConfig, world_dir: Optional[Path]) -> None:
+    """Read, check and tokenise the run's data here, before any worker starts: a bad source
+    (missing file or column, malformed lines, not UTF-8, a hub id offline, a language
+    without a name) fails now, as a SourceError, not inside a Ray worker. The result goes
+    to the data cache (``data.cache``), where workers on this machine (or sharing
+    $XALIGN_HOME) find it instead of tokenising again."""
+    from xalign.data import build_alignment_data
+    from xalign.model import load_tokenizer
+
+    build_alignment_data(cfg, load_tokenizer(cfg.model, world_dir), world_dir)
+
+
 def init_ray(cfg: RunConfig, *, headroom_cpus: int = 0) -> None:
     """Join the cluster in RAY_ADDRESS, or start a local Ray instance; on a local instance,
     refuse a run that asks for more CPUs than there are (it would wait forever).
@@ -193,6 +205,7 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     if cfg.tracking.enabled:
         tracking.check_reachable(cfg.tracking)
     world_dir = prepare_world(cfg)
+    prepare_data(cfg, world_dir)
     init_ray(cfg)
     name = name or run_name(cfg)
     run_id = uri = None

@@ -94,7 +94,11 @@ def derived_quantities(cfg: RunConfig, objective: Objective, model, dist: Dist, 
     lm = data.stats.get("lm", {})
     lines.append(f"data: {len(data.pairs.src)} pairs {data.stats['pairs']}, {len(data.lm_examples)} LM samples "
                  f"({lm.get('instruction', 0)} instruction, {lm.get('translation', 0)} translation, "
-                 f"{lm.get('replay', 0)} pivot replay)")
+                 f"{lm.get('replay', 0)} pivot replay)"
+                 + (f", {'loaded from' if data.cache['hit'] else 'stored in'} the data cache {data.cache['path']}"
+                    if data.cache else "")
+                 + (f"; {sum(data.stats['bad_lines'].values())} malformed source lines skipped"
+                    if sum(data.stats.get("bad_lines", {}).values()) else ""))
     lines.append(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
                  f"{cfg.optim.max_steps} steps, lr {cfg.optim.lr} ({cfg.optim.schedule}, warm-up "
                  f"{int(cfg.optim.warmup_ratio * cfg.optim.max_steps)} steps)")
