@@ -34,6 +34,13 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def resolved(cfg: TrackingConfig) -> TrackingConfig:
+    """``cfg`` with its URI made absolute on this machine (the env var or the default
+    resolved here), so that Ray workers and tasks, whose working directory differs, log to
+    the same store."""
+    return cfg.model_copy(update={"tracking_uri": tracking_uri(cfg)}) if cfg.enabled else cfg
+
+
 def check_reachable(cfg: TrackingConfig) -> None:
     """Fail early, with the URI, when the tracking store cannot be reached (before any run
     or trial starts)."""

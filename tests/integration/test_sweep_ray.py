@@ -28,7 +28,7 @@ optim: {{max_steps: 10, batch_size: 4, lr: 1.0e-3}}
 data: {{max_length: 64, mix: {{replay_share: 0.2}}}}
 eval: {{every_n_steps: 5, max_items: 10}}
 checkpoint: {{every_n_steps: 5, keep: 1}}
-tracking: {{tracking_uri: "sqlite:///{tmp / 'mlflow.db'}", experiment: sweeps}}
+tracking: {{tracking_uri: "sqlite:///mlflow.db", experiment: sweeps}}   # relative: resolved once by the driver
 search:
   objective.temperature: {{float: {{low: 0.05, high: 0.2, log: true}}}}
   data.mix.cross_probability: {{float: {{low: 0.0, high: 1.0}}}}

@@ -161,6 +161,7 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
 
     from xalign import tracking
 
+    sweep = sweep.model_copy(update={"tracking": tracking.resolved(sweep.tracking)})  # one store for every process
     base_cfg = sweep.run_config()
     name = name or sweep.name
     tracking.check_reachable(sweep.tracking)

@@ -202,6 +202,7 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     from xalign import tracking
     from xalign.train.worker import train_loop_per_worker
 
+    cfg = cfg.model_copy(update={"tracking": tracking.resolved(cfg.tracking)})   # one store for every process
     if cfg.tracking.enabled:
         tracking.check_reachable(cfg.tracking)
     world_dir = prepare_world(cfg)
