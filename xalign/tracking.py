@@ -3,16 +3,28 @@
 The driver opens a run (params = the flattened config with dotted keys, the resolved YAML as
 an artifact) and closes it with its final status; rank 0 of the training workers logs step
 metrics into that run by id. Nothing else in xalign imports mlflow.
+
+A store that stops answering (a restarted server, a locked database) is retried for
+``tracking.retry_seconds``; step metrics that could not be sent wait in memory and in the
+run's checkpoints (``unsent_metrics.jsonl``) and are sent when the store is back, so none is
+dropped. After the retry window the run fails with an error that names the store and what
+was not sent. Secrets never reach the store: credentials in URIs and the values of secret-
+looking environment variables are masked in every param, tag and text artifact.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from xalign.config.schema import TrackingConfig
+from xalign.errors import XalignError
+
+T = TypeVar("T")
 
 #: Where runs go when neither the config nor MLFLOW_TRACKING_URI says: a SQLite file in the
 #: working directory (MLflow 3 refuses a bare ./mlruns file store without a flag).
@@ -28,10 +40,65 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return uri
 
 
+class TrackingError(XalignError):
+    """The MLflow store could not be used (after retrying)."""
+
+
+#: MLflow errors that a retry cannot fix (a bad request, a missing run); others (connection
+#: refused, timeouts, 5xx, a locked SQLite file) are retried.
+_PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+              "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST", "INVALID_STATE"}
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    # xalign retries itself (with_retries) and keeps unsent metrics; MLflow's own HTTP retries
+    # (7 with exponential back-off by default) would block a training step for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     return MlflowClient(tracking_uri=uri)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return getattr(exc, "error_code", None) not in _PERMANENT
+
+
+def with_retries(what: str, uri: str, seconds: float, fn: Callable[[], T]) -> T:
+    """``fn()``, retried with back-off while the store fails transiently, for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # mlflow, requests, sqlalchemy all raise their own kinds
+            left = deadline - time.monotonic()
+            if not is_transient(exc) or left <= 0:
+                raise TrackingError(
+                    f"MLflow store {redact(uri)}: {what} failed"
+                    f"{f' for {seconds:g}s (tracking.retry_seconds)' if is_transient(exc) else ''}: "
+                    f"{type(exc).__name__}: {redact(str(exc).splitlines()[0] if str(exc) else '')[:300]}") from exc
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 10.0)
+
+
+_URI_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@")
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_KEY|PRIVATE_KEY", re.I)
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables whose names say they are secrets (long enough to
+    be matched safely), longest first."""
+    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with URI passwords (scheme://user:PASSWORD@host) and secret env values masked."""
+    text = _URI_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    for value in secret_values():
+        text = text.replace(value, "***")
+    return text
 
 
 def resolved(cfg: TrackingConfig) -> TrackingConfig:
@@ -49,13 +116,20 @@ def check_reachable(cfg: TrackingConfig) -> None:
     if not cfg.enabled:
         return
     uri = tracking_uri(cfg)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if uri.startswith("sqlite:///"):
+        # A new SQLite store is created by the first run; checking it must not create it.
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise XalignError(f"tracking.tracking_uri: the SQLite store {uri} cannot be created: its folder {folder} "
+                              f"{'does not exist' if not folder.is_dir() else 'is not writable'}. Fix the path, or "
+                              "set tracking.enabled=false")
+        if not Path(uri.removeprefix("sqlite:///")).exists():
+            return
     try:
         _client(uri).search_experiments(max_results=1)
     except Exception as exc:  # mlflow raises many kinds: all mean "cannot use this store"
-        raise XalignError(f"tracking.tracking_uri: cannot reach the MLflow store at {uri}: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}. Start the server, fix the "
+        raise XalignError(f"tracking.tracking_uri: cannot reach the MLflow store at {redact(uri)}: "
+                          f"{type(exc).__name__}: {redact(str(exc).splitlines()[0])[:300]}. Start the server, fix the "
                           "URI (or MLFLOW_TRACKING_URI), or set tracking.enabled=false") from exc
 
 
@@ -82,56 +156,128 @@ def start_run(cfg: TrackingConfig, *, run_name: str, params: Mapping[str, Any], 
 
     uri = tracking_uri(cfg)
     client = _client(uri)
-    tags = dict(tags or {})
+    tags = {k: redact(str(v)) for k, v in (tags or {}).items()}
+
+    def call(what: str, fn: Callable[[], T]) -> T:
+        return with_retries(what, uri, cfg.retry_seconds, fn)
+
     if reuse_tag:
         keep = {k: v for k, v in tags.items() if k in (reuse_tag, "mlflow.parentRunId")}
-        existing = find_run(cfg, keep)
+        existing = call("searching runs", lambda: find_run(cfg, keep))
         if existing is not None:
-            client.update_run(existing, status="RUNNING")
+            call("reopening a run", lambda: client.update_run(existing, status="RUNNING"))
             return existing
-    run = client.create_run(experiment_id(client, cfg.experiment), run_name=run_name, tags=tags)
-    run_id = run.info.run_id
-    items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
+    exp = call("opening the experiment", lambda: experiment_id(client, cfg.experiment))
+    run_id = call("creating a run", lambda: client.create_run(exp, run_name=run_name, tags=tags)).info.run_id
+    items = [Param(k, redact(str(v))[:_MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=items[i: i + 100])
-    client.log_text(run_id, config_yaml, "config.yaml")
+        call("logging params", lambda: client.log_batch(run_id, params=items[i: i + 100]))
+    call("logging config.yaml", lambda: client.log_text(run_id, redact(config_yaml), "config.yaml"))
     return run_id
 
 
 def log_results(cfg: TrackingConfig, run_id: str, metrics: Mapping[str, float], files=(), *, step: int = 0,
                 artifact_dir: str = "eval") -> None:
     """Metrics at ``step`` and files (records, plots) as artifacts of an existing run."""
-    MetricLogger(tracking_uri(cfg), run_id).log(metrics, step=step)
-    client = _client(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    logger = MetricLogger(uri, run_id)
+    logger.log(metrics, step=step)
+    logger.flush(retry_seconds=cfg.retry_seconds)
+    client = _client(uri)
     for path in files:
-        client.log_artifact(run_id, str(path), artifact_dir)
+        with_retries(f"logging {Path(path).name}", uri, cfg.retry_seconds,
+                     lambda: client.log_artifact(run_id, str(path), artifact_dir))
 
 
 def log_text(cfg: TrackingConfig, run_id: str, text: str, artifact_file: str) -> None:
-    _client(tracking_uri(cfg)).log_text(run_id, text, artifact_file)
+    uri = tracking_uri(cfg)
+    with_retries(f"logging {artifact_file}", uri, cfg.retry_seconds,
+                 lambda: _client(uri).log_text(run_id, redact(text), artifact_file))
 
 
 def set_tags(cfg: TrackingConfig, run_id: str, tags: Mapping[str, str]) -> None:
-    client = _client(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    client = _client(uri)
     for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+        with_retries(f"setting tag {key}", uri, cfg.retry_seconds,
+                     lambda: client.set_tag(run_id, key, redact(str(value))))
 
 
 def end_run(cfg: TrackingConfig, run_id: str, *, status: str) -> None:
     """status: FINISHED | FAILED | KILLED."""
-    _client(tracking_uri(cfg)).set_terminated(run_id, status=status)
+    uri = tracking_uri(cfg)
+    with_retries(f"closing run {run_id} as {status}", uri, cfg.retry_seconds,
+                 lambda: _client(uri).set_terminated(run_id, status=status))
+
+
+UNSENT_FILE = "unsent_metrics.jsonl"   # in a checkpoint: step metrics the store did not take yet
 
 
 class MetricLogger:
-    """Step metrics of one run, logged by rank 0 only, in batches."""
+    """Step metrics of one run, logged by rank 0 only, in batches. A failed send never
+    stops training and never loses metrics: they stay in ``pending``, are tried again at
+    the next ``log``, are saved with each checkpoint (``save_unsent``) and read back on
+    resume (``load_unsent``); ``flush`` retries for a while and raises TrackingError."""
 
     def __init__(self, uri: str, run_id: str):
-        self.client, self.run_id = _client(uri), run_id
+        self.uri, self.run_id = uri, run_id
+        self.client = _client(uri)
+        self.pending: list[tuple[str, float, int, int]] = []   # key, value, timestamp ms, step
 
-    def log(self, metrics: Mapping[str, float], *, step: int) -> None:
+    def log(self, metrics: Mapping[str, float], *, step: int) -> bool:
+        """Queue ``metrics`` and try to send everything queued once; True when all went."""
+        now = int(time.time() * 1000)
+        self.pending += [(k, float(v), now, int(step)) for k, v in sorted(metrics.items())]
+        try:
+            self._send()
+        except Exception as exc:  # any failure to send: kept, tried again
+            if not is_transient(exc):
+                raise
+            return False
+        return True
+
+    def _send(self) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i: i + 1000])
+        while self.pending:
+            batch = self.pending[:1000]
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in batch])
+            del self.pending[:len(batch)]
+
+    def flush(self, *, retry_seconds: float) -> None:
+        with_retries(f"logging {len(self.pending)} metric values to run {self.run_id}", self.uri, retry_seconds,
+                     self._send)
+
+    def save_unsent(self, directory: Path) -> None:
+        if self.pending:
+            lines = (json.dumps({"key": k, "value": v, "timestamp": ts, "step": step}) for k, v, ts, step in self.pending)
+            (Path(directory) / UNSENT_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def load_unsent(self, directory: Path) -> int:
+        """Queue the metrics a checkpoint holds as unsent (before this run's new ones)."""
+        saved = read_unsent(directory)
+        self.pending[:0] = saved
+        return len(saved)
+
+
+def read_unsent(directory: Path) -> list[tuple[str, float, int, int]]:
+    path = Path(directory) / UNSENT_FILE
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows]
+
+
+def send_unsent(cfg: TrackingConfig, run_id: str, directory: Path, *, where: str) -> int:
+    """Send the metrics a finished run's last checkpoint (``directory``, a local view of
+    ``where``) holds as unsent; the number sent. On failure the file stays in the
+    checkpoint and the error names it."""
+    logger = MetricLogger(tracking_uri(cfg), run_id)
+    count = logger.load_unsent(directory)
+    if count:
+        try:
+            logger.flush(retry_seconds=cfg.retry_seconds)
+        except TrackingError as exc:
+            raise TrackingError(f"{exc}. The {len(logger.pending)} metric values are kept in "
+                                f"{where.rstrip('/')}/{UNSENT_FILE}") from exc
+    return count

@@ -262,6 +262,9 @@ class TrackingConfig(Section):
     tracking_uri: Optional[str] = None
     experiment: str = "xalign"
     run_name: Optional[str] = None
+    #: How long a store that stops answering is retried before the run fails with a clear
+    #: error. Metrics are kept (in memory and in checkpoints) meanwhile, never dropped.
+    retry_seconds: NonNegFloat = 120.0
 
 
 class ScalingConfig(Section):

@@ -248,6 +248,10 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
             raise TrainingError(f"training failed after {cfg.checkpoint.max_failures} restart(s): {exc}") from exc
         metrics = dict(result.metrics or {})
         checkpoint = result.checkpoint.path if result.checkpoint else None
+        if run_id is not None and result.checkpoint is not None:
+            # Step metrics the store did not take while it was down (kept in the last checkpoint).
+            with result.checkpoint.as_directory() as directory:
+                tracking.send_unsent(cfg.tracking, run_id, Path(directory), where=checkpoint)
         raise_if_nonfinite(metrics, checkpoint)
         evaluation = None
         if plan["evaluate"] and result.checkpoint is not None:

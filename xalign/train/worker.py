@@ -161,10 +161,15 @@ def train_loop_per_worker(config: dict) -> None:
     dist = Dist.current()
     run = setup_run(cfg, config.get("world_dir"), dist, ray.train.torch.get_device())
     start_step = 0
+    unsent: list = []   # metrics the tracking store had not taken when the checkpoint was saved
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             start_step = run.restore(Path(directory))
+            if dist.rank == 0 and config.get("mlflow_run_id"):
+                from xalign.tracking import read_unsent
+
+                unsent = read_unsent(Path(directory))
     logger = None
     if dist.rank == 0:
         for line in derived_quantities(cfg, run.objective, run.model, dist, run.data):
@@ -177,6 +182,7 @@ def train_loop_per_worker(config: dict) -> None:
             from xalign.data import mix_metrics
 
             logger = MetricLogger(config["mlflow_uri"], config["mlflow_run_id"])
+            logger.pending[:0] = unsent
             logger.log(mix_metrics(run.data.stats), step=start_step)   # the realised data mix
 
     evaluator = setup_evaluation(config, run) if dist.rank == 0 else None
@@ -211,6 +217,8 @@ def train_loop_per_worker(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if dist.rank == 0:
                 run.save(Path(tmp), step=done)
+                if logger is not None:
+                    logger.save_unsent(Path(tmp))   # sent later (resume, or the driver at the end)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if dist.rank == 0 else None,
                              checkpoint_dir_name=f"step_{done:07d}")
 
