@@ -51,3 +51,37 @@ def tiny_world(xalign_home):
 
     cfg = from_overrides(WorldConfig, TINY_WORLD)
     return cfg, build_world(cfg, extra_stages=[BASE_MODEL_STAGE]).path
+
+
+# --- the reliability suite's counts --------------------------------------------------------
+# Fault-injection tests record each fault they inject (and whether the run survived it, and
+# runs lost); the bad-input suite records each input it tried (and whether it was refused).
+# The totals are printed at the end of the session.
+_RELIABILITY = {"faults": [], "bad_inputs": []}
+
+
+@pytest.fixture
+def record_fault():
+    def record(name: str, *, survived: bool, runs_lost: int = 0) -> None:
+        _RELIABILITY["faults"].append((name, survived, runs_lost))
+    return record
+
+
+@pytest.fixture
+def record_bad_input():
+    def record(name: str, *, refused: bool) -> None:
+        _RELIABILITY["bad_inputs"].append((name, refused))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    faults, bad = _RELIABILITY["faults"], _RELIABILITY["bad_inputs"]
+    if not faults and not bad:
+        return
+    tr = terminalreporter
+    tr.section("reliability")
+    tr.write_line(f"faults injected: {len(faults)}, survived: {sum(s for _, s, _ in faults)}, "
+                  f"runs lost: {sum(lost for *_, lost in faults)}")
+    for name, survived, lost in faults:
+        tr.write_line(f"  {'survived' if survived else 'NOT SURVIVED'}: {name}" + (f" ({lost} runs lost)" if lost else ""))
+    tr.write_line(f"bad inputs tried: {len(bad)}, refused: {sum(r for _, r in bad)}")

@@ -142,8 +142,21 @@ def test_non_finite_loss_stops_before_the_optimizer_moves():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = make_scheduler(opt, schedule="constant", warmup_steps=0, max_steps=1)
     bad = lambda m, b: (m(b["x"]).sum() * float("nan"), {"contrastive": float("nan"), "lm": 1.0})  # noqa: E731
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 7: .*contrastive=nan.*lm=1"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss or gradient at step 7: .*contrastive=nan.*lm=1"):
         train_step(model, opt, sched, [{"x": torch.ones(1, 2)}], bad, step=7, max_grad_norm=1.0, dist=Dist(),
+                   params=list(model.parameters()), count_tokens=lambda b: 0)
+    assert all(torch.equal(before[k], v) for k, v in params_of(model).items())
+
+
+def test_a_nan_gradient_under_a_finite_loss_stops_before_the_optimizer_moves():
+    model = torch.nn.Linear(2, 1)
+    before = params_of(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = make_scheduler(opt, schedule="constant", warmup_steps=0, max_steps=1)
+    # sqrt at 0 has an infinite derivative: the loss is 0, its gradient is not finite
+    loss = lambda m, b: ((m(b["x"]) * 0).clamp(min=0).sqrt().sum(), {"contrastive": 0.0})  # noqa: E731
+    with pytest.raises(NonFiniteLossError, match=r"at step 3: .*grad_norm=(nan|inf)"):
+        train_step(model, opt, sched, [{"x": torch.ones(1, 2)}], loss, step=3, max_grad_norm=1.0, dist=Dist(),
                    params=list(model.parameters()), count_tokens=lambda b: 0)
     assert all(torch.equal(before[k], v) for k, v in params_of(model).items())
 
@@ -249,7 +262,7 @@ def test_a_non_finite_report_becomes_an_error_naming_step_parts_and_checkpoint()
     from xalign.train.driver import TrainingError, raise_if_nonfinite
 
     raise_if_nonfinite({"train/loss": 1.0}, "/ckpt")                 # a normal result passes
-    with pytest.raises(TrainingError, match=r"non-finite loss at step 12 \(contrastive=nan, lm=2\.5\); "
+    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step 12 \(contrastive=nan, lm=2\.5\); "
                                             r"last good checkpoint: /runs/step_0000010"):
         raise_if_nonfinite({"train/nonfinite_step": 12, "train/nonfinite_contrastive": float("nan"),
                             "train/nonfinite_lm": 2.5}, "/runs/step_0000010")

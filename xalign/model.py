@@ -58,6 +58,29 @@ def load_tokenizer(cfg: ModelConfig, world_dir: Optional[Path] = None):
     return tokenizer
 
 
+def check_model(cfg: ModelConfig, world_dir: Optional[Path] = None) -> None:
+    """What the workers will load, checked in the driver without loading weights: the
+    config is readable and names a causal LM, and a local folder holds weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name = resolve_model_path(cfg, world_dir)
+    local = Path(name)
+    if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ModelLoadError(f"model.name_or_path: {name!r} does not exist (a local path, since it is not a hub id "
+                             "of the form org/name)")
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"model.name_or_path: cannot read a model config from {name!r}: {first}") from exc
+    if type(config) not in AutoModelForCausalLM._model_mapping and not cfg.trust_remote_code:
+        raise ModelLoadError(f"model.name_or_path: {name!r} is a {config.model_type!r} model, which has no causal LM "
+                             "head in transformers; xalign aligns decoder LMs (e.g. XGLM, BLOOM, Llama, Qwen)")
+    if local.is_dir() and not any(local.glob("*.safetensors")) and not any(local.glob("*.bin")):
+        raise ModelLoadError(f"model.name_or_path: {name!r} has a config.json but no weights (*.safetensors or "
+                             "*.bin); save the model with save_pretrained or point at the folder that has them")
+
+
 def load_model(cfg: ModelConfig, world_dir: Optional[Path] = None, *, for_training: bool = False):
     """The causal LM with gradient checkpointing when asked. Weights are in ``cfg.dtype``,
     or fp32 master weights ``for_training`` (bf16 then comes from autocast)."""

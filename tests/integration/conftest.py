@@ -16,6 +16,7 @@ def ray_cluster():
     tmp = tempfile.mkdtemp(prefix="xa-ray-", dir="/tmp")  # short: Ray's socket paths are length-limited
     os.environ["RAY_TMPDIR"] = tmp
     context = ray.init(address="local", num_cpus=2, _temp_dir=tmp, dashboard_host="127.0.0.1",
+                       _node_ip_address="127.0.0.1",   # loopback only
                        include_dashboard=True, log_to_driver=False)
     yield context
     ray.shutdown()

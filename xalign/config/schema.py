@@ -273,6 +273,9 @@ class ScalingConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: NonNegFloat = 0.0
+    #: True on a cluster whose autoscaler adds nodes on demand: a run that the nodes up now
+    #: cannot hold waits for new ones instead of being refused.
+    autoscale: bool = False
 
     @model_validator(mode="after")
     def _gpu_consistent(self) -> "ScalingConfig":
@@ -290,7 +293,8 @@ class CheckpointConfig(Section):
     #: Checkpoints kept (the newest ones).
     keep: PositiveInt = 2
     #: Where Ray stores checkpoints and results: a local/NFS path or s3://, gs://.
-    #: None = Ray's default (~/ray_results).
+    #: None = ~/ray_results (Ray's default). On a multi-node cluster it must be shared by
+    #: every node (checked before anything starts).
     storage_path: Optional[str] = None
     #: Restarts after a worker failure, each resuming from the latest checkpoint.
     max_failures: NonNegInt = 2

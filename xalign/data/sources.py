@@ -98,12 +98,20 @@ class BadLines:
                               f"to skip up to that many malformed lines (they are counted in the run's data stats)")
 
 
+#: Longest line read from a text source; a longer one is refused (without reading it whole).
+MAX_LINE_BYTES = 16 * 2**20
+
+
 def text_lines(path: str, bad: BadLines) -> Iterator[tuple[int, str]]:
     """(line number, text) of a UTF-8 file, read lazily; a line that is not UTF-8 is a bad
     line named by its byte offset in the file."""
     with open(path, "rb") as f:
         offset = 0
-        for number, raw in enumerate(f, 1):
+        for number, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise SourceError(f"{path}:{number}: the line is longer than {MAX_LINE_BYTES // 2**20} MiB (read stopped "
+                                  "there); expected text with one record per line. Is this the right file (not a "
+                                  "binary or a one-line dump)? Split it into one JSON object per line")
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as exc:
@@ -278,6 +286,10 @@ def load_source(src: SourceConfig, *, required: Sequence[str], lang: Optional[st
             if src.max_rows is not None and len(out) >= src.max_rows:
                 break
         out.bad_lines = bad.count
+        if not out:
+            raise SourceError(f"{key}: {', '.join(local_files(src, lang=lang, key=key))} has no rows (empty, or only "
+                              "blank or skipped lines); expected one record per line with the columns "
+                              f"{', '.join(required)}")
         return out
     files = None if src.hub is not None else local_files(src, lang=lang, key=key)
     ds, where = _datasets_source(src, lang=lang, key=key, files=files)
@@ -286,7 +298,7 @@ def load_source(src: SourceConfig, *, required: Sequence[str], lang: Optional[st
     else:                                  # a stream whose features are unknown: look at its first row
         first = next(iter(ds), None)
         if first is None:
-            return out
+            raise SourceError(f"{key}: {where} has no rows")
         _missing_columns(key, where, list(first), renames, required)
     theirs = sorted({renames.get(c, c) for c in required})
     rows: Iterable[dict]

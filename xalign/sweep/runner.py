@@ -24,7 +24,8 @@ from xalign.config import flatten
 from xalign.config.schema import RunConfig
 from xalign.config.sweep import SweepConfig, _set
 from xalign.sweep.space import dev_metric, pareto_front, tune_space
-from xalign.train.driver import TrainingError, init_ray, prepare_data, prepare_world, train
+from xalign.train.driver import (TrainingError, check_ray_address, init_ray, prepare_data, prepare_world,
+                                 ray_is_initialized, storage_root, train)
 
 STATE_FILE = "xalign_sweep.json"   # parent MLflow run id and phase, in the sweep's storage dir
 #: CPU held by each trial's Tune function, which only waits on its TorchTrainer (Tune
@@ -77,11 +78,26 @@ def make_trainable(base: dict, *, storage: str, parent_run_id: Optional[str], sw
             tags["xalign.variant"] = variant.get("__control__", "best")
         start = time.perf_counter()
         result = train(cfg, name=context.get_trial_name(), storage_path=storage, callbacks=[TuneReportCallback()],
-                       parent_run_id=parent_run_id, tags=tags)
+                       parent_run_id=parent_run_id, tags=tags, storage_checked=True)
         final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and "/layer" not in k}
         ray.tune.report({**final, "trial_seconds": time.perf_counter() - start, "done_final": 1})
 
     return run_trial
+
+
+def optuna_search():
+    """Ray's OptunaSearch, told the objectives only by each trial's final report: the
+    periodic reports carry dev/ metrics, not the eval/ objectives, and OptunaSearch reads
+    its metric from every intermediate result (a KeyError for a single objective)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class FinalResultOptunaSearch(OptunaSearch):
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            metrics = [self.metric] if isinstance(self.metric, str) else list(self.metric or [])
+            if all(m in result for m in metrics):
+                super().on_trial_result(trial_id, result)
+
+    return FinalResultOptunaSearch
 
 
 def _resources(cfg: RunConfig) -> tuple[float, float]:
@@ -99,19 +115,22 @@ def concurrency(cfg: RunConfig, requested: Optional[int]) -> int:
     fit = math.floor(have.get("CPU", 0) / (cpu + TRIAL_CPU))
     if gpu:
         fit = min(fit, math.floor(have.get("GPU", 0) / gpu))
+    if cfg.scaling.autoscale:   # nodes come on demand: what is up now says nothing
+        return requested or max(fit, 1)
     if fit < 1:
         raise TrainingError(f"one trial needs {cpu:g} CPUs and {gpu:g} GPUs (scaling.*) but the cluster has "
-                            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+                            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower scaling.*, or set "
+                            "scaling.autoscale=true if the cluster adds nodes on demand")
     return min(fit, requested) if requested else fit
 
 
-def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: Path) -> Optional[str]:
+def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: str) -> Optional[str]:
     if not sweep.tracking.enabled:
         return None
-    from xalign import tracking
+    from xalign import storage, tracking
 
-    if state_path.is_file():
-        return json.loads(state_path.read_text())["parent_run_id"]
+    if storage.exists(state_path):
+        return json.loads(storage.read_text(state_path))["parent_run_id"]
     space = {f"search.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in sweep.search.items()}
     run_id = tracking.start_run(sweep.tracking, run_name=name, params={**space, **flatten(sweep.tune, "tune")},
                                 config_yaml=yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False),
@@ -120,15 +139,17 @@ def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: Pa
     return run_id
 
 
-def _tuner(sweep: SweepConfig, trainable, *, phase: str, path: Path, space: dict, searcher, num_samples: int,
+def _tuner(sweep: SweepConfig, trainable, *, phase: str, path: str, space: dict, searcher, num_samples: int,
            max_concurrent: int, resume: bool):
     import ray.tune
 
     cfg = sweep.run_config()
     trainable = ray.tune.with_resources(trainable, {"CPU": TRIAL_CPU})
-    experiment = path / phase
-    if resume and ray.tune.Tuner.can_restore(str(experiment)):
-        return ray.tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=False,
+    from xalign import storage
+
+    experiment = storage.join(path, phase)
+    if resume and ray.tune.Tuner.can_restore(experiment):
+        return ray.tune.Tuner.restore(experiment, trainable=trainable, resume_errored=False,
                                       restart_errored=False)
     scheduler = None
     if phase == "search" and sweep.tune.scheduler == "asha":
@@ -141,7 +162,7 @@ def _tuner(sweep: SweepConfig, trainable, *, phase: str, path: Path, space: dict
         tune_config=ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=max_concurrent,
                                         time_budget_s=sweep.tune.time_budget_s if phase == "search" else None),
-        run_config=ray.tune.RunConfig(name=phase, storage_path=str(path), failure_config=ray.tune.FailureConfig(0)))
+        run_config=ray.tune.RunConfig(name=phase, storage_path=path, failure_config=ray.tune.FailureConfig(0)))
 
 
 def _collect(results, phase: str) -> list[Trial]:
@@ -157,14 +178,23 @@ def _collect(results, phase: str) -> list[Trial]:
 
 def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = None, resume: bool = False) -> SweepResult:
     """Search, then confirm; blocks until both phases end."""
-    from ray.tune.search.optuna import OptunaSearch
-
     from xalign import tracking
 
     sweep = sweep.model_copy(update={"tracking": tracking.resolved(sweep.tracking)})  # one store for every process
     base_cfg = sweep.run_config()
     name = name or sweep.name
     tracking.check_reachable(sweep.tracking)
+    from xalign import storage
+
+    root = storage_root(base_cfg)
+    storage.check_storage(root)             # writable from here, before anything is built
+    if os.environ.get("RAY_ADDRESS") and not ray_is_initialized():
+        check_ray_address(os.environ["RAY_ADDRESS"])
+    path = storage.join(root, name)   # a local folder or a URI (s3://, gs://)
+    state_path = storage.join(path, STATE_FILE)
+    if not resume and storage.exists(state_path):
+        raise TrainingError(f"a sweep named {name!r} already exists at {path}; pass --resume to continue it, "
+                            "or set name=<new name> to start another")
     world_dir = prepare_world(base_cfg)     # built once here, shared by every trial
     prepare_data(base_cfg, world_dir)       # a bad data source fails here, before any trial
     init_ray(base_cfg, headroom_cpus=1)   # room for the trial functions' CPU slivers
@@ -172,32 +202,24 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     # final report. The sweep file's metrics were checked against what trials report before
     # this point (xalign.config.sweep), so Tune's per-result check is not needed.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    root = Path(sweep.checkpoint.storage_path or Path.home() / "ray_results").expanduser()
-    if "://" not in str(root):
-        root = root.resolve()
-    path = root / name
-    state_path = path / STATE_FILE
-    if not resume and state_path.is_file():
-        raise TrainingError(f"a sweep named {name!r} already exists at {path}; pass --resume to continue it, "
-                            "or set name=<new name> to start another")
     max_concurrent = concurrency(base_cfg, sweep.tune.max_concurrent_trials)   # before anything is written
-    path.mkdir(parents=True, exist_ok=True)
+    storage.check_shared(root)        # every node can write it, and sees the same files
     parent = _open_parent(sweep, name, sweep_file, state_path)
-    state_path.write_text(json.dumps({"parent_run_id": parent, "name": name}) + "\n")
+    storage.write_text(state_path, json.dumps({"parent_run_id": parent, "name": name}) + "\n")
     base_metrics = evaluate_base_model(base_cfg, world_dir, path, parent)
     # The starting model is the same for every trial: evaluated once above, not per trial.
     base = base_cfg.model_copy(update={"eval": base_cfg.eval.model_copy(update={"baseline": False})}).model_dump(
         mode="json")
-    storage = str(path / "trials")
+    trials_path = storage.join(path, "trials")
     metrics = list(sweep.tune.metrics)
     modes = [sweep.tune.metrics[m] for m in metrics]
     import optuna
 
     sampler = (optuna.samplers.TPESampler(seed=sweep.tune.seed) if sweep.tune.searcher == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.tune.seed))
-    searcher = OptunaSearch(metric=metrics if len(metrics) > 1 else metrics[0],
+    searcher = optuna_search()(metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=sampler)
-    trainable = make_trainable(base, storage=storage, parent_run_id=parent, sweep_name=name, phase="search")
+    trainable = make_trainable(base, storage=trials_path, parent_run_id=parent, sweep_name=name, phase="search")
     tuner = _tuner(sweep, trainable, phase="search", path=path, space=tune_space(sweep.search), searcher=searcher,
                    num_samples=sweep.tune.num_samples, max_concurrent=max_concurrent, resume=resume)
     trials = _collect(tuner.fit(), "search")
@@ -211,7 +233,7 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
         variants = [{**best.params, "seed": seed} for seed in sweep.confirm.seeds]
         variants += [{**best.params, **over, "seed": seed, "__control__": cname}
                      for cname, over in sweep.confirm.controls.items() for seed in sweep.confirm.seeds]
-        confirm = make_trainable(base, storage=storage, parent_run_id=parent, sweep_name=name, phase="confirm")
+        confirm = make_trainable(base, storage=trials_path, parent_run_id=parent, sweep_name=name, phase="confirm")
         tuner = _tuner(sweep, confirm, phase="confirm", path=path, space={"__variant__": ray.tune.grid_search(variants)},
                        searcher=None, num_samples=1, max_concurrent=max_concurrent, resume=resume)
         confirmed = _collect(tuner.fit(), "confirm")
@@ -224,19 +246,21 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     return result
 
 
-def evaluate_base_model(cfg: RunConfig, world_dir, path: Path, parent: Optional[str]) -> dict[str, float]:
+def evaluate_base_model(cfg: RunConfig, world_dir, path: str, parent: Optional[str]) -> dict[str, float]:
     """The starting model's test metrics (base/...), once per sweep, logged to the parent
     run; cached in the sweep's folder so a resumed sweep does not evaluate it again."""
-    from xalign.train.driver import evaluation_plan, final_evaluation
+    from xalign import storage
+    from xalign.train.driver import evaluation_plan, final_evaluation, local_eval_dir
 
-    cache = path / "base_metrics.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
+    cache = storage.join(path, "base_metrics.json")
+    if storage.exists(cache):
+        return json.loads(storage.read_text(cache))
     plan = evaluation_plan(cfg, world_dir)
     if not plan["evaluate"]:
         return {}
-    result = final_evaluation(cfg, None, world_dir, plan, run_id=parent, step=0, out_dir=path / "base_eval")
-    cache.write_text(json.dumps(result.metrics, sort_keys=True) + "\n")
+    result = final_evaluation(cfg, None, world_dir, plan, run_id=parent, step=0,
+                              out_dir=local_eval_dir(storage.join(path, "base")))
+    storage.write_text(cache, json.dumps(result.metrics, sort_keys=True) + "\n")
     return result.metrics
 
 

@@ -51,38 +51,88 @@ def prepare_world(cfg: RunConfig) -> Optional[Path]:
 def prepare_data(cfg: RunConfig, world_dir: Optional[Path]) -> None:
     """Read, check and tokenise the run's data here, before any worker starts: a bad source
     (missing file or column, malformed lines, not UTF-8, a hub id offline, a language
-    without a name) fails now, as a SourceError, not inside a Ray worker. The result goes
-    to the data cache (``data.cache``), where workers on this machine (or sharing
-    $XALIGN_HOME) find it instead of tokenising again."""
+    without a name) or model (no config, no weights, not a causal LM) fails now, not inside
+    a Ray worker. The result goes to the data cache (``data.cache``), where workers on this
+    machine (or sharing $XALIGN_HOME) find it instead of tokenising again."""
     from xalign.data import build_alignment_data
-    from xalign.model import load_tokenizer
+    from xalign.model import check_model, load_tokenizer
 
+    check_model(cfg.model, world_dir)
     build_alignment_data(cfg, load_tokenizer(cfg.model, world_dir), world_dir)
 
 
 def init_ray(cfg: RunConfig, *, headroom_cpus: int = 0) -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local Ray instance; on a local instance,
-    refuse a run that asks for more CPUs than there are (it would wait forever).
-    ``headroom_cpus`` adds logical CPUs to a local instance for actors that hold a sliver of
-    CPU but do no work (a sweep's trial functions)."""
+    """Join the cluster in RAY_ADDRESS, or start a local Ray instance; refuse a run that asks
+    for more CPUs or GPUs than the cluster has (it would wait forever), unless
+    ``scaling.autoscale`` says nodes will be added. ``headroom_cpus`` adds logical CPUs to a
+    local instance for actors that hold a sliver of CPU but do no work (a sweep's trial
+    functions)."""
     import ray
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        # The dashboard (loopback only) serves the state API that Ray Train's monitor polls.
-        ray.init(address=address or "local", dashboard_host="127.0.0.1",
-                 num_cpus=None if address else (os.cpu_count() or 1) + headroom_cpus)
+        if address:
+            check_ray_address(address)
+        try:
+            # The dashboard (loopback only) serves the state API that Ray Train's monitor polls.
+            ray.init(address=address or "local", dashboard_host="127.0.0.1",
+                     num_cpus=None if address else (os.cpu_count() or 1) + headroom_cpus)
+        except ConnectionError as exc:
+            raise TrainingError(f"RAY_ADDRESS={address}: cannot join the Ray cluster there: {exc}. Check that the "
+                                "cluster is up (`ray status`) or unset RAY_ADDRESS to run on this machine") from exc
     s = cfg.scaling
+    if s.autoscale:
+        return
+    have = ray.cluster_resources()
+    where = f"the Ray cluster at {os.environ['RAY_ADDRESS']}" if os.environ.get("RAY_ADDRESS") else "this Ray instance"
     need_cpu = s.num_workers * s.cpus_per_worker
-    have_cpu = ray.cluster_resources().get("CPU", 0)
-    if not os.environ.get("RAY_ADDRESS") and need_cpu > have_cpu:
+    if need_cpu > have.get("CPU", 0):
         raise TrainingError(
-            f"scaling asks for {s.num_workers} workers x {s.cpus_per_worker} CPUs = {need_cpu:g} CPUs but this "
-            f"Ray instance has {have_cpu:g}; lower scaling.num_workers or scaling.cpus_per_worker")
+            f"scaling asks for {s.num_workers} workers x {s.cpus_per_worker:g} CPUs = {need_cpu:g} CPUs but {where} "
+            f"has {have.get('CPU', 0):g}; lower scaling.num_workers or scaling.cpus_per_worker, or set "
+            "scaling.autoscale=true if the cluster adds nodes on demand")
     need_gpu = s.num_workers * s.gpus_per_worker
-    have_gpu = ray.cluster_resources().get("GPU", 0)
-    if not os.environ.get("RAY_ADDRESS") and need_gpu > have_gpu:
-        raise TrainingError(f"scaling asks for {need_gpu:g} GPUs but this Ray instance has {have_gpu:g}")
+    if need_gpu > have.get("GPU", 0):
+        raise TrainingError(
+            f"scaling asks for {s.num_workers} workers x {s.gpus_per_worker:g} GPUs = {need_gpu:g} GPUs but {where} "
+            f"has {have.get('GPU', 0):g}; lower scaling.num_workers or scaling.gpus_per_worker, or set "
+            "scaling.autoscale=true if the cluster adds GPU nodes on demand")
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """A clear error, in seconds rather than after Ray's minute of retries, when nothing
+    answers at RAY_ADDRESS (host:port of the cluster's GCS, as `ray start --head` prints)."""
+    import socket
+
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise TrainingError(f"RAY_ADDRESS={address} is a dashboard (job submission) address; the driver needs the "
+                            "cluster's GCS address host:port (`ray start --head` prints it, default port 6379). "
+                            "Use the http:// address with `ray job submit --address` instead")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise TrainingError(f"RAY_ADDRESS={address} is not host:port (e.g. 127.0.0.1:6379)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise TrainingError(f"RAY_ADDRESS={address}: no Ray cluster answers there ({exc.strerror or exc}). Start "
+                            "one with `ray start --head`, fix the address, or unset RAY_ADDRESS to run on this "
+                            "machine") from exc
+
+
+def ray_is_initialized() -> bool:
+    import ray
+
+    return ray.is_initialized()
+
+
+def storage_root(cfg: RunConfig, storage_path: Optional[str] = None) -> str:
+    """Where this run's checkpoints go: the given path, checkpoint.storage_path, or
+    ~/ray_results; local paths made absolute."""
+    from xalign import storage
+
+    return storage.resolve(storage_path or cfg.checkpoint.storage_path or "~/ray_results")
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -178,6 +228,17 @@ def _evaluate_checkpoint(cfg_data: dict, checkpoint_path: str, world_dir: Option
     return EvalResult(merged, "\n".join(tables), files)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """What went wrong, out of Ray's wrapper (which adds a traceback per worker): xalign's
+    own error line when a worker raised one, else Ray's first two lines (e.g. "Training
+    failed due to controller error: [Errno 28] ... No space left on device")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("xalign.")]
+    if ours:
+        return ours[-1]
+    return " ".join(lines[:2]) if lines else type(exc).__name__
+
+
 def raise_if_nonfinite(metrics: dict, checkpoint: Optional[str]) -> None:
     """The workers report a non-finite loss as metrics and stop (a retry would fail again);
     turn that into an error naming the step, the loss parts and the last good checkpoint."""
@@ -186,28 +247,39 @@ def raise_if_nonfinite(metrics: dict, checkpoint: Optional[str]) -> None:
     parts = {k.removeprefix("train/nonfinite_"): v for k, v in metrics.items()
              if k.startswith("train/nonfinite_") and k != "train/nonfinite_step"}
     shown = ", ".join(f"{k}={v:.6g}" for k, v in sorted(parts.items()))
-    raise TrainingError(f"non-finite loss at step {int(metrics['train/nonfinite_step'])} ({shown}); "
+    raise TrainingError(f"non-finite loss or gradient at step {int(metrics['train/nonfinite_step'])} ({shown}); "
                         f"last good checkpoint: {checkpoint or 'none'}. Lower optim.lr or check the data.")
 
 
 def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[str] = None,
           callbacks: Sequence = (), parent_run_id: Optional[str] = None,
-          tags: Optional[dict[str, str]] = None) -> TrainResult:
+          tags: Optional[dict[str, str]] = None, storage_checked: bool = False) -> TrainResult:
     """One alignment run on Ray Train; blocks until it ends. Inside a sweep trial, pass the
-    Tune callback, the sweep's storage, and the parent MLflow run (the child run is found
-    again by its ``xalign.trial_id`` tag on resume, never duplicated)."""
+    Tune callback, the sweep's storage (checked once by the sweep), and the parent MLflow
+    run (the child run is found again by its ``xalign.trial_id`` tag on resume, never
+    duplicated)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from xalign import tracking
+    from xalign.storage import join
     from xalign.train.worker import train_loop_per_worker
 
     cfg = cfg.model_copy(update={"tracking": tracking.resolved(cfg.tracking)})   # one store for every process
     if cfg.tracking.enabled:
         tracking.check_reachable(cfg.tracking)
+    from xalign.storage import check_shared, check_storage
+
+    storage_path = storage_root(cfg, storage_path)
+    if not storage_checked:
+        check_storage(storage_path)     # this machine can write there (before anything is built)
+    if os.environ.get("RAY_ADDRESS") and not ray_is_initialized():
+        check_ray_address(os.environ["RAY_ADDRESS"])
     world_dir = prepare_world(cfg)
     prepare_data(cfg, world_dir)
     init_ray(cfg)
+    if not storage_checked:
+        check_shared(storage_path)      # and so can every node, seeing the same files
     name = name or run_name(cfg)
     run_id = uri = None
     if cfg.tracking.enabled:
@@ -225,12 +297,12 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json"), "world_dir": str(world_dir) if world_dir else None,
-                           "mlflow_run_id": run_id, "mlflow_uri": uri, **plan},
+                           "mlflow_run_id": run_id, "mlflow_uri": uri, "storage_path": join(storage_path, name), **plan},
         scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage_path or cfg.checkpoint.storage_path,
+            storage_path=storage_path,
             callbacks=list(callbacks),
             # With evaluation on, checkpoints are ranked by dev accuracy (never test), so the
             # best one survives `keep`.
@@ -245,7 +317,11 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as exc:
-            raise TrainingError(f"training failed after {cfg.checkpoint.max_failures} restart(s): {exc}") from exc
+            reason = failure_reason(exc)
+            if "Errno" in reason and "could not write the checkpoint" not in reason:
+                reason += (f" (while writing to {join(storage_path, name)}; checkpoints already written there are "
+                           "kept, and a new run with the same name resumes from the latest)")
+            raise TrainingError(f"training failed ({cfg.checkpoint.max_failures} restart(s) allowed): {reason}") from exc
         metrics = dict(result.metrics or {})
         checkpoint = result.checkpoint.path if result.checkpoint else None
         if run_id is not None and result.checkpoint is not None:

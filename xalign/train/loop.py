@@ -16,12 +16,13 @@ LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], tuple[torch.Ten
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: the step and its parts, for the error message."""
+    """The loss or the gradient became NaN or infinite: the step and the loss parts (and the
+    gradient norm), for the error message."""
 
     def __init__(self, step: int, parts: Mapping[str, float]):
         self.step, self.parts = step, dict(parts)
         shown = ", ".join(f"{k}={v:.6g}" for k, v in sorted(parts.items()))
-        super().__init__(f"non-finite loss at step {step}: {shown}")
+        super().__init__(f"non-finite loss or gradient at step {step}: {shown}")
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         raise NonFiniteLossError(step, metrics)
     dist.average_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    if not math.isfinite(float(grad_norm)):   # a finite loss can still have a NaN gradient
+        raise NonFiniteLossError(step, {**metrics, "grad_norm": float(grad_norm)})
     optimizer.step()
     scheduler.step()
     metrics.update(tokens=totals["tokens"], lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),

@@ -152,6 +152,10 @@ def setup_run(cfg: RunConfig, world_dir: Optional[str], dist: Dist, device: torc
     return Run(cfg, model, tokenizer, objective, data, optimizer, scheduler, params, dist, device)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the previous one is untouched."""
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -186,6 +190,7 @@ def train_loop_per_worker(config: dict) -> None:
             logger.log(mix_metrics(run.data.stats), step=start_step)   # the realised data mix
 
     evaluator = setup_evaluation(config, run) if dist.rank == 0 else None
+    last_saved = start_step
     window: list[dict] = []
     for step in range(start_step, cfg.optim.max_steps):
         try:
@@ -214,13 +219,22 @@ def train_loop_per_worker(config: dict) -> None:
         if not save:
             ray.train.report(report)
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            if dist.rank == 0:
-                run.save(Path(tmp), step=done)
-                if logger is not None:
-                    logger.save_unsent(Path(tmp))   # sent later (resume, or the driver at the end)
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if dist.rank == 0 else None,
-                             checkpoint_dir_name=f"step_{done:07d}")
+        name = f"step_{done:07d}"
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                if dist.rank == 0:
+                    run.save(Path(tmp), step=done)
+                    if logger is not None:
+                        logger.save_unsent(Path(tmp))   # sent later (resume, or the driver at the end)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if dist.rank == 0 else None,
+                                 checkpoint_dir_name=name)
+        except OSError as exc:   # disk full, storage unwritable, credentials gone
+            previous = f"step {last_saved}" if last_saved else "none yet"
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {done} ({name}) to {config.get('storage_path', 'storage')}: "
+                f"{type(exc).__name__}: {exc}. The previous checkpoint ({previous}) is intact; free space or fix "
+                "checkpoint.storage_path, and a restart resumes from it") from exc
+        last_saved = done
 
 
 def setup_evaluation(config: dict, run: Run):
