@@ -256,3 +256,60 @@ tune: {{metrics: {{train/loss: min}}, num_samples: {trials}, searcher: random, s
     assert late - early < 64 * 2**20
     record_fault(f"NaN loss in {len(nan)} of {trials} trials of a load sweep (trials failed clearly, sweep went on)",
                  survived=True, runs_lost=trials - len(children))
+
+
+# --- the MLflow server stopped and restarted during a run ------------------------------------
+
+def test_an_mlflow_outage_during_a_run_loses_no_metrics_and_no_secret_reaches_the_store(
+        ray_cluster, tiny_world, tiny_world_overrides, tmp_path, record_fault):
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.processes import MlflowServer
+
+    server = MlflowServer(tmp_path / "mlflow").start()
+    secret = "hf_planted_secret_7d1e0c9a"
+    env = {**cluster_env(ray_cluster), "HF_TOKEN": secret, "MY_SERVICE_PASSWORD": secret + "_pw"}
+    overrides = world(tiny_world_overrides) + [
+        "optim.batch_size=4", "optim.max_steps=200", "data.max_length=64", "eval.tasks=[]",
+        "checkpoint.every_n_steps=20", "checkpoint.keep=1", "tracking.log_every_n_steps=5",
+        f"tracking.tracking_uri={server.uri}", "tracking.experiment=outage", "tracking.run_name=outage",
+        f"checkpoint.storage_path={tmp_path / 'results'}"]
+    outage: list[float] = []
+
+    def stop_then_restart() -> None:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "results").glob("outage/step_0000020")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start = time.monotonic()
+        server.stop()
+        time.sleep(8)            # steps go on logging meanwhile
+        server.start()
+        outage.append(time.monotonic() - start)
+
+    chaos = threading.Thread(target=stop_then_restart, daemon=True)
+    chaos.start()
+    try:
+        proc = xalign(["train", str(REPO / "sweeps/afp-synthetic.yaml"), *overrides], env=env, cwd=tmp_path, timeout=600)
+        chaos.join(timeout=320)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        assert outage, "the server was never stopped"
+        client = MlflowClient(server.uri)
+        run = client.search_runs([client.get_experiment_by_name("outage").experiment_id])[0]
+        assert run.info.status == "FINISHED"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+        assert steps == list(range(5, 201, 5))          # every logged step arrived, once
+
+        # No secret from the environment in the run's params, tags or artifacts.
+        texts = [*run.data.params.values(), *run.data.tags.values()]
+        pending = list(client.list_artifacts(run.info.run_id))
+        while pending:
+            item = pending.pop()
+            if item.is_dir:
+                pending += client.list_artifacts(run.info.run_id, item.path)
+            else:
+                texts.append(Path(client.download_artifacts(run.info.run_id, item.path, str(tmp_path))).read_text(
+                    errors="replace"))
+        assert texts and not [t for t in texts if secret in t]
+    finally:
+        server.stop()
+    record_fault(f"MLflow server down for {outage[0]:.0f}s mid-run (every metric arrived)", survived=True)
