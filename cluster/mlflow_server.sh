@@ -94,6 +94,11 @@ case "$host" in
             "the cluster's nodes can reach port $port (firewall / security group)" >&2 ;;
 esac
 
+# xalign uses tracking only. MLflow's job runner (GenAI jobs: scorers, prompt optimisation)
+# adds seven huey consumer processes, which in our runs kept running, busy, after the server
+# was stopped with SIGTERM; it stays off unless asked for.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+
 echo "MLflow server: backend $(mask "$backend"), artifacts $artifacts, http://$host:$port ($workers workers)" >&2
 export MLFLOW_BACKEND_STORE_URI="$backend"
 exec mlflow server \

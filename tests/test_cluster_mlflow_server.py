@@ -95,6 +95,25 @@ def test_mlflow_server_on_sqlite_answers_on_loopback_only(tmp_path):
             server.wait(timeout=30)
         log.close()
     deadline = time.monotonic() + 30
-    while _listening_addresses(port) and time.monotonic() < deadline:
+    while _group_alive(server.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _listening_addresses(port), "the server's workers outlived it"
+    if _group_alive(server.pid):
+        os.killpg(server.pid, signal.SIGKILL)
+        pytest.fail("processes of the server outlived it by 30 s after SIGTERM")
+    assert not _listening_addresses(port)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Zombies (exited, not yet reaped by init) still count for killpg: look at their state.
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
