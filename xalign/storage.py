@@ -133,7 +133,7 @@ def check_shared(root: str, *, key: str = "checkpoint.storage_path") -> None:
     token_name, token = f"{PROBE_PREFIX}driver-{uuid.uuid4().hex}", uuid.uuid4().hex
     write_text(join(root, token_name), token)
     try:
-        remote = ray.remote(_node_probe).options(num_cpus=0)
+        remote = ray.remote(num_cpus=0)(_node_probe)   # (.options() returns a wrapper without .options)
         refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
                 .remote(root, token_name, token) for n in nodes]
         results = ray.get(refs, timeout=120)

@@ -20,6 +20,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1 (all held open while choosing)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def session_groups(sid: int) -> set[int]:
+    """Process-group ids of the live processes in session ``sid`` (Linux /proc)."""
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:   # state, ppid, pgrp, session
+            groups.add(int(fields[2]))
+    return groups
+
+
+def stop_session(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """``stop_group`` for a process that starts others in their own process groups (Ray
+    gives each worker one): the leader's group first (SIGTERM, so ``ray start --block``
+    stops its node), then SIGKILL to every group still left in the session it leads."""
+    stop_group(proc, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while (groups := session_groups(proc.pid)) and time.monotonic() < deadline:
+        for pgid in groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
 def stop_group(proc: subprocess.Popen, timeout: float = 10) -> None:
     """SIGTERM then SIGKILL the process group led by ``proc`` (started with start_new_session)."""
     if proc.poll() is None:
@@ -53,7 +97,9 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # MLflow's job runner (GenAI jobs) adds seven busy huey consumers; tracking needs none.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
