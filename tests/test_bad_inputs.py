@@ -12,8 +12,11 @@ one would fail with a different message, never start a local instance."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +37,9 @@ class Case:
     setup: Callable[[Path, dict], None] = lambda tmp, ctx: None
     exit_code: int = 1
     env: dict = field(default_factory=dict)
+    #: Run the CLI in a new process: for checks that ``ray.is_initialized()`` would skip in
+    #: this one (the integration tests' session cluster lives in the pytest process).
+    fresh_process: bool = False
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -107,6 +113,13 @@ CASES = [
     Case("sweep: unknown scheduler",
          lambda t, c: ["validate", str(write(t / "s.yaml", sweep_text("tune: {scheduler: hyperband}\n")))],
          r"tune\.scheduler.*hyperband"),
+    Case("sweep: ASHA on a metric no periodic report carries",
+         lambda t, c: ["validate", str(write(t / "s.yaml", sweep_text(
+             "eval: {every_n_steps: 50, dev_tasks: false}\ntune: {scheduler: asha, asha_metric: dev/acc}\n")))],
+         r"tune\.asha_metric.*'dev/acc'.*eval\.dev_tasks is false"),
+    Case("sweep: ASHA metric without the ASHA scheduler",
+         lambda t, c: ["validate", str(write(t / "s.yaml", sweep_text("tune: {asha_metric: align/mexa}\n")))],
+         r"tune\.asha_metric.*tune\.scheduler is 'fifo'"),
     Case("sweep: unreachable MLflow server",
          lambda t, c: ["sweep", str(write(t / "s.yaml", sweep_text(
              f"tracking: {{tracking_uri: 'http://127.0.0.1:{c['closed_port']}'}}\n"
@@ -157,7 +170,8 @@ CASES = [
          r"a sweep named 'again' already exists at .*; pass --resume",
          setup=lambda t, c: write(t / "results/again/xalign_sweep.json", '{"parent_run_id": null}')),
     Case("ray: nothing at RAY_ADDRESS", lambda t, c: run_args(t, c),
-         r"RAY_ADDRESS=127\.0\.0\.1:\d+: no Ray cluster answers there", env={"RAY_ADDRESS": "closed"}),
+         r"RAY_ADDRESS=127\.0\.0\.1:\d+: no Ray cluster answers there", env={"RAY_ADDRESS": "closed"},
+         fresh_process=True),
 ]
 
 
@@ -189,11 +203,16 @@ def test_bad_input_is_refused_with_a_message_and_nothing_written(case, context, 
     argv = case.argv(tmp_path, context)                       # (writes the input files)
     before = tree(tmp_path, xalign_home)
     capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exc:          # argparse's own errors
-        code = exc.code
-    err = capsys.readouterr().err
+    if case.fresh_process:
+        proc = subprocess.run([sys.executable, "-m", "xalign.cli", *argv], capture_output=True, text=True,
+                              env=dict(os.environ), cwd=tmp_path, timeout=300)
+        code, err = proc.returncode, proc.stderr
+    else:
+        try:
+            code = main(argv)
+        except SystemExit as exc:          # argparse's own errors
+            code = exc.code
+        err = capsys.readouterr().err
     message = "\n".join(line for line in err.splitlines() if not line.startswith("[xalign]"))
     refused = code == case.exit_code and bool(re.search(case.message, message, re.S))
     record_bad_input(case.name, refused=refused)

@@ -147,6 +147,15 @@ def find_run(cfg: TrackingConfig, tags: Mapping[str, str]) -> Optional[str]:
     return runs[0].info.run_id if runs else None
 
 
+def child_runs(cfg: TrackingConfig, parent_run_id: str, phase: str) -> list[tuple[str, str, str]]:
+    """(run id, trial id, status) of a sweep's child runs in ``phase``."""
+    client = _client(tracking_uri(cfg))
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`xalign.phase` = '{phase}'"
+    runs = with_retries("listing the sweep's runs", tracking_uri(cfg), cfg.retry_seconds, lambda: client.search_runs(
+        [experiment_id(client, cfg.experiment)], filter_string=query, max_results=50000))
+    return [(r.info.run_id, r.data.tags.get("xalign.trial_id", ""), r.info.status) for r in runs]
+
+
 def start_run(cfg: TrackingConfig, *, run_name: str, params: Mapping[str, Any], config_yaml: str,
               tags: Optional[Mapping[str, str]] = None, reuse_tag: Optional[str] = None) -> str:
     """Open an MLflow run with the config as params and as an artifact; return its id.

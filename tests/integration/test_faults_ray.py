@@ -117,6 +117,26 @@ def test_a_full_disk_at_checkpoint_time_fails_clearly_and_keeps_the_previous_che
     record_fault("disk full at checkpoint time (clear error, previous checkpoint intact)", survived=True)
 
 
+# --- a cluster without the GPUs a run needs -------------------------------------------------
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_run_needing_gpus_the_cluster_lacks_is_refused_before_anything_starts(
+        command, ray_cluster, tiny_world, tiny_world_overrides, tmp_path, record_bad_input):
+    file = REPO / "sweeps" / ("afp-synthetic.yaml" if command == "train" else "demo.yaml")
+    proc = xalign([command, str(file), *world(tiny_world_overrides), "scaling.use_gpu=true", "scaling.gpus_per_worker=1",
+                   "scaling.num_workers=2", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                   f"checkpoint.storage_path={tmp_path / 'results'}"], env=cluster_env(ray_cluster), cwd=tmp_path,
+                  timeout=300)
+    address = ray_cluster.address_info["gcs_address"]
+    expected = f"2 workers x 1 GPUs = 2 GPUs but the Ray cluster at {address} has 0"
+    refused = proc.returncode == 1 and expected in proc.stderr
+    record_bad_input(f"ray: {command} needs 2 GPUs on a cluster with none", refused=refused)
+    assert refused, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert runs_in(tmp_path / "mlflow.db", "xalign") == []          # no MLflow run was opened
+    assert not list((tmp_path / "results").rglob("step_*"))
+
+
 # --- the sweep driver killed, then --resume -------------------------------------------------
 
 def sweep_file(tmp: Path, body: str) -> Path:
@@ -165,7 +185,12 @@ tune: {{metrics: {{train/loss: min}}, num_samples: 2, max_concurrent_trials: 1, 
 
     runs = runs_in(db, "killed")
     parents = [r for r in runs if r.data.tags.get("xalign.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("xalign.phase") == "search"]
+    children = [r for r in runs if r.data.tags.get("xalign.phase") == "search" and "xalign.orphaned" not in r.data.tags]
+    # A trial started in the second before the killed driver's Tune saved its state is
+    # unknown to Tune: --resume runs another in its place and ends the old child run KILLED.
+    orphans = [r for r in runs if "xalign.orphaned" in r.data.tags]
+    assert all(r.info.status == "KILLED" and r.data.tags["xalign.trial_id"] not in
+               {c.data.tags["xalign.trial_id"] for c in children} for r in orphans)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     trial_ids = [r.data.tags["xalign.trial_id"] for r in children]
     assert len(children) == 2 and len(set(trial_ids)) == 2                # none lost, none duplicated
@@ -175,7 +200,9 @@ tune: {{metrics: {{train/loss: min}}, num_samples: 2, max_concurrent_trials: 1, 
         assert after.info.end_time == before.info.end_time
     trials = json.loads((tmp_path / "results" / "killed" / "xalign_sweep.json").read_text())
     assert trials["parent_run_id"] == parents[0].info.run_id
-    record_fault("sweep driver SIGKILLed mid-sweep, then --resume", survived=True, runs_lost=2 - len(children))
+    record_fault("sweep driver SIGKILLed mid-sweep, then --resume" +
+                 (f" ({len(orphans)} trial Tune had not saved yet ran again)" if orphans else ""),
+                 survived=True, runs_lost=2 - len(children))
 
 
 # --- a load sweep of 32 short trials, with NaN trials among them --------------------------
