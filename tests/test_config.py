@@ -209,3 +209,28 @@ def test_cli_debug_shows_the_traceback(tmp_path):
     bad = write(tmp_path, "bad.yaml", "optim: {lr: 0}\n")
     res = _cli("--debug", "validate", str(bad))
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_asha_compares_the_dev_counterpart_or_the_named_proxy(tmp_path):
+    from xalign.config.sweep import load_sweep
+
+    run = REPO / "sweeps" / "afp-synthetic.yaml"
+    path = write(tmp_path, "s.yaml", f"extends: {run}\neval: {{every_n_steps: 50}}\ntune: {{scheduler: asha}}\n")
+    assert load_sweep(path).tune.asha() == ("dev/acc_non_pivot", "max")
+    assert load_sweep(path, ["tune.asha_metric=align/mexa", "eval.dev_tasks=false"]).tune.asha() == ("align/mexa", "max")
+    assert load_sweep(path, ["tune.asha_metric=train/loss"]).tune.asha() == ("train/loss", "min")
+    assert load_sweep(path, ["tune.asha_metric=dev/xcopa/qab/acc"]).tune.asha() == ("dev/xcopa/qab/acc", "max")
+
+
+def test_compute_use_counts_the_steps_asha_saved():
+    from xalign.sweep.report import compute_line
+    from xalign.sweep.runner import Trial, compute_use
+
+    trials = [Trial("a", "search", {}, {"step": 100}, "TERMINATED"), Trial("b", "search", {}, {"step": 20}, "STOPPED"),
+              Trial("c", "search", {}, {"step": 40}, "STOPPED"), Trial("d", "search", {}, {}, "ERROR"),
+              Trial("e", "confirm", {}, {"step": 100}, "TERMINATED")]
+    use = compute_use(trials, 100)
+    assert use == {"steps_run": 160.0, "steps_full": 300.0, "compute_saved": pytest.approx(140 / 300),
+                   "trials_stopped": 2.0}
+    assert "ran 160 of 300 trial steps (47% saved" in compute_line(use, "asha")
+    assert compute_line(compute_use([], 100), "fifo") == ""

@@ -48,6 +48,27 @@ def test_records_reproduce_every_reported_accuracy(tiny_world, tmp_path):
             assert logprob == pytest.approx(expected, abs=1e-4)
 
 
+def test_scores_in_shards_merge_to_the_metrics_of_one_pass(tiny_world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xalign.eval.evaluator import merge_shards, plan_items, score_shard, shard_bounds
+
+    _, world_dir = tiny_world
+    tok = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
+    model = AutoModelForCausalLM.from_pretrained(world_dir / "base_model")
+    cfg = EvalConfig(tasks=["facts", "xcopa"], shots=2, max_items=15)
+    target = Target(pivot="qaa", world_dir=world_dir, layer=1)
+    items = plan_items(cfg, target, split="dev")
+    whole = evaluate(model, tok, cfg, target, items=items, representations=False)
+    parts = [score_shard(model, tok, items, batch_size=4, shard=(i, 3)) for i in range(3)]
+    assert [len(p[next(iter(items))]) for p in parts] == [5, 5, 5]
+    sharded = evaluate(model, tok, cfg, target, items=items, scores=merge_shards(parts), representations=False)
+    assert sharded.metrics == pytest.approx(whole.metrics, abs=1e-12)
+    assert [shard_bounds(7, (i, 3)) for i in range(3)] == [(0, 2), (2, 4), (4, 7)]
+    with pytest.raises(ValueError, match="shard index"):
+        shard_bounds(7, (3, 3))
+
+
 def _byte_bpe_tokenizer(texts):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -453,7 +453,7 @@ def test_step_with_zero_weight_skips_the_branch(branch):
     _, _, blocks = decoder_blocks(model)
     if branch == "contrastive":
         assert set(parts) == {"loss", "contrastive"}
-        assert head_calls == [] and calls == [2, 0, 0, 0]  # src and tgt, block 1 only
+        assert head_calls == [] and calls == [1, 0, 0, 0]  # src and tgt in one forward, block 1 only
         assert cfg.temperature.log_scale.grad is not None
         assert blocks[0].mlp.up_proj.weight.grad is not None
         assert all(p.grad is None for p in blocks[1].parameters())  # gradient stops at layer 1
@@ -463,6 +463,33 @@ def test_step_with_zero_weight_skips_the_branch(branch):
         torch.testing.assert_close(loss.detach(), 1.5 * parts["lm"])
     with pytest.raises(ValueError, match="both 0"):
         alignment_loss(model, _step_batch(), AlignmentLossConfig(contrastive_weight=0.0, lm_weight=0.0))
+
+
+@pytest.mark.parametrize("hard_negatives", [False, True])
+def test_fused_sides_give_the_loss_and_gradients_of_one_forward_per_side(hard_negatives):
+    """src is partly left padded, tgt right padded and of another width: stacking pads both
+    to one width on the right, which must not change any vector, loss or gradient."""
+    batch = _step_batch()
+    if hard_negatives:
+        neg = torch.tensor([[30, 31, 0, 0, 0], [32, 33, 34, 35, 36], [37, 0, 0, 0, 0]])
+        batch.update(neg_input_ids=neg, neg_attention_mask=(neg != 0).long())
+    results = []
+    for fused in (True, False):
+        model = tiny_llama()
+        calls, _ = _count_block_calls(model)
+        cfg = AlignmentLossConfig(lm_weight=1.5, layers=(1, 2), pooler="last", symmetric=True, fused_sides=fused)
+        loss, parts = alignment_loss(model, batch, cfg)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), parts, grads, list(calls)))
+    (loss_f, parts_f, grads_f, calls_f), (loss_s, parts_s, grads_s, calls_s) = results
+    torch.testing.assert_close(loss_f, loss_s, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(parts_f["contrastive"], parts_s["contrastive"], atol=1e-6, rtol=1e-5)
+    assert grads_f.keys() == grads_s.keys()
+    for name in grads_f:
+        torch.testing.assert_close(grads_f[name], grads_s[name], atol=1e-6, rtol=1e-4)
+    sides = 3 if hard_negatives else 2
+    assert calls_f[0] == 1 + 1 and calls_s[0] == sides + 1    # contrastive forwards + the LM forward
 
 
 def test_step_accepts_packed_lm_batch():

@@ -44,6 +44,44 @@ def test_sharded_order_splits_the_global_batch_and_is_resumable():
     assert sorted(epoch0) == list(range(20))            # every sample once per epoch
 
 
+def test_grouped_order_batches_similar_lengths_and_stays_a_pure_function_of_the_position():
+    import numpy as np
+
+    lengths = np.random.default_rng(0).integers(3, 60, size=96).tolist()
+    grouped = ShardedOrder(96, seed=2, local_batch=4, lengths=lengths, group_window=6)
+    plain = ShardedOrder(96, seed=2, local_batch=4)
+    epoch = [grouped.indices(p) for p in range(24)]
+    assert sorted(i for batch in epoch for i in batch) == list(range(96))   # every sample once per epoch
+
+    def padding(batches):   # pad tokens a right-padded collation adds
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(epoch) < 0.5 * padding([plain.indices(p) for p in range(24)])
+    ranks = [ShardedOrder(96, seed=2, local_batch=2, world_size=2, rank=r, lengths=lengths, group_window=6)
+             for r in (0, 1)]
+    for position in (0, 5, 6, 23, 30):                 # inside, across windows and epochs
+        assert ranks[0].indices(position) + ranks[1].indices(position) == grouped.indices(position)
+    fresh = ShardedOrder(96, seed=2, local_batch=4, lengths=lengths, group_window=6)
+    assert fresh.indices(17) == grouped.indices(17)    # resumable: no state but the position
+    with pytest.raises(ValueError, match="one length per sample"):
+        ShardedOrder(96, seed=2, local_batch=4, group_window=6)
+
+
+def test_dataloader_workers_collate_the_same_micro_batches(tiny_world, tiny_world_overrides):
+    from xalign.train.worker import step_batches
+
+    _, world_dir = tiny_world
+    inline = setup_run(run_config(tiny_world_overrides, "optim.grad_accum_steps=2", "data.group_by_length=true",
+                                  "data.group_window=4"), str(world_dir), Dist(), CPU)
+    spawned = setup_run(run_config(tiny_world_overrides, "optim.grad_accum_steps=2", "data.group_by_length=true",
+                                   "data.group_window=4", "data.num_workers=1"), str(world_dir), Dist(), CPU)
+    a, b = list(step_batches(inline, 3, 9)), list(step_batches(spawned, 3, 9))
+    assert len(a) == len(b) == 6 and all(len(steps) == 2 for steps in b)
+    for x, y in zip(a, b):
+        for bx, by in zip(x, y):
+            assert bx.keys() == by.keys() and all(torch.equal(bx[k], by[k]) for k in bx)
+
+
 def test_cross_lingual_samples_drop_unaligned_ids_and_honour_cross_probability():
     items = {lang: {str(i): {"instruction": f"do {i} {lang}", "input": "", "output": f"out {i} {lang}"}
                     for i in range(200)} for lang in ("en", "zh", "de")}
@@ -134,6 +172,34 @@ def test_two_ranks_equal_one_process_on_the_joined_batch(tiny_world, tiny_world_
     # 5e-5 is 5% of one step (lr 1e-3).
     for key, value in params_of(one.model).items():
         torch.testing.assert_close(ranks["params"][key], value, rtol=1e-4, atol=5e-5)
+
+
+def _dev_eval_rank(rank, world_size, port, cfg_json, config, out):
+    from xalign.train.worker import setup_evaluation
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        run = setup_run(RunConfig.model_validate_json(cfg_json), config["world_dir"], Dist(rank, world_size), CPU)
+        metrics = setup_evaluation(config, run)(run.model)
+        torch.save(metrics, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_periodic_dev_evaluation_sharded_over_two_ranks_equals_one_process(tiny_world, tiny_world_overrides, tmp_path):
+    from xalign.train.worker import setup_evaluation
+
+    _, world_dir = tiny_world
+    cfg = run_config(tiny_world_overrides, "eval.tasks=[facts,xcopa]", "eval.max_items=12", "optim.batch_size=2")
+    config = {"evaluate": True, "pivot": "qaa", "eval_world_dir": str(world_dir), "world_dir": str(world_dir)}
+    out = tmp_path / "dev"
+    mp.spawn(_dev_eval_rank, args=(2, _free_port(), cfg.model_dump_json(), config, str(out)), nprocs=2)
+    rank0, rank1 = torch.load(f"{out}.0", weights_only=True), torch.load(f"{out}.1", weights_only=True)
+    one = setup_run(cfg, str(world_dir), Dist(), CPU)
+    expected = setup_evaluation(config, one)(one.model)
+    assert rank1 == {} and "dev/facts/qab/acc" in rank0
+    assert rank0 == pytest.approx(expected, abs=1e-12)
 
 
 def test_non_finite_loss_stops_before_the_optimizer_moves():

@@ -1,6 +1,10 @@
 """A small real sweep on the session's local Ray cluster: Ray Tune + Optuna trials that are
-Ray Train runs, MLflow parent and child runs, the confirmation phase with a control, then
-`xalign report` and notebooks/compare_runs.ipynb on the result."""
+Ray Train runs, ASHA stopping the weak one, MLflow parent and child runs, the confirmation
+phase with a control, then `xalign report` and notebooks/compare_runs.ipynb on the result.
+
+The two search trials run one after the other: TPE with seed 3 samples lr 3e-3 first, then
+1e-12 (a learning rate that cannot move the LM loss), so at ASHA's first rung (step 5) the
+second trial is behind the first on train/loss_lm and is stopped."""
 
 from __future__ import annotations
 
@@ -31,8 +35,9 @@ checkpoint: {{every_n_steps: 5, keep: 1}}
 tracking: {{tracking_uri: "sqlite:///mlflow.db", experiment: sweeps}}   # relative: resolved once by the driver
 search:
   objective.temperature: {{float: {{low: 0.05, high: 0.2, log: true}}}}
-  data.mix.cross_probability: {{float: {{low: 0.0, high: 1.0}}}}
-tune: {{num_samples: 2, seed: 3}}
+  optim.lr: {{categorical: {{choices: [3.0e-3, 1.0e-12]}}}}
+tune: {{num_samples: 2, seed: 3, max_concurrent_trials: 1, scheduler: asha, asha_metric: train/loss_lm,
+        grace_period: 5}}
 confirm:
   seeds: [0]
   controls: {{no_contrastive: {{objective.contrastive_weight: 0}}}}
@@ -63,15 +68,26 @@ def test_sweep_runs_trials_as_mlflow_children_and_confirms_the_best(small_sweep)
     phases = sorted(c.data.tags["xalign.phase"] for c in children)
     assert phases == ["confirm", "confirm", "search", "search"]
     assert len({c.data.tags["xalign.trial_id"] for c in children}) == 4  # one child run per trial, no duplicate
+    # ASHA stopped the trial whose learning rate cannot move the loss, at its first rung.
+    stopped = [c for c in children if c.info.status == "KILLED"]
+    assert len(stopped) == 1 and float(stopped[0].data.params["optim.lr"]) == 1e-12
+    assert stopped[0].data.tags["xalign.stopped_by"] == "asha" and stopped[0].data.tags["xalign.stopped_at_step"] == "5"
+    assert "eval/acc_non_pivot" not in stopped[0].data.metrics          # its final evaluation was skipped
+    assert parent.data.metrics["sweep/steps_run"] == 15 and parent.data.metrics["sweep/steps_full"] == 20
+    assert parent.data.metrics["sweep/compute_saved"] == pytest.approx(0.25)
+    assert "Compute: asha ran 15 of 20 trial steps (25% saved" in stdout
+    children = [c for c in children if c.info.status != "KILLED"]
     for child in children:
         assert child.info.status == "FINISHED"
+        assert float(child.data.params["optim.lr"]) == 3e-3
         assert child.info.run_name.startswith("run_trial_")
         assert {"eval/acc_non_pivot", "eval/acc_pivot", "dev/acc", "train/loss", "data/lm/replay_share"} \
             <= set(child.data.metrics)
         assert "base/acc" not in child.data.metrics                     # not re-evaluated per trial
     control = [c for c in children if c.data.tags.get("xalign.variant") == "no_contrastive"]
     assert len(control) == 1 and float(control[0].data.params["objective.contrastive_weight"]) == 0
-    searched = [float(c.data.params["objective.temperature"]) for c in children if c.data.tags["xalign.phase"] == "search"]
+    searched = [float(c.data.params["objective.temperature"]) for c in [*children, *stopped]
+                if c.data.tags["xalign.phase"] == "search"]
     assert all(0.05 <= t <= 0.2 for t in searched) and len(set(searched)) == 2
     assert "Pareto front" in stdout and "base model" in stdout and "no_contrastive (n=1)" in stdout
     assert "mlflow ui --backend-store-uri" in stdout
@@ -84,6 +100,7 @@ def test_report_reads_the_sweep_back_from_mlflow(small_sweep):
                          capture_output=True, text=True, cwd=tmp)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Best config (ready to run with `xalign train`)" in res.stdout and "objective:" in res.stdout
+    assert "Compute: asha ran 15 of 20 trial steps (25% saved" in res.stdout and "STOPPED" in res.stdout
     plots = sorted(p.name for p in (tmp / "report").glob("*.png"))
     assert "gap_vs_objective_temperature.png" in plots and "best_accuracy.png" in plots
     missing = subprocess.run([sys.executable, "-m", "xalign.cli", "report", "smal",
@@ -102,4 +119,4 @@ def test_compare_runs_notebook_executes_against_the_sweep(small_sweep):
             exec(compile("".join(cell["source"]), "compare_runs.ipynb", "exec"), namespace)
     assert len(namespace["trials"]) == 4
     assert set(namespace["per_lang"]["lang"]) == {"qaa", "qab", "qac", "qad"}
-    assert len(namespace["summary"]) == 4 and namespace["fig"] is not None
+    assert len(namespace["summary"]) == 3 and namespace["fig"] is not None    # the stopped trial has no eval/

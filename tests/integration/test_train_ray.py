@@ -19,14 +19,17 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def kill_a_worker_after(checkpoint_dir_glob: str, root: Path, killed: list, stop: threading.Event) -> None:
+def kill_a_worker_after(checkpoint_dir_glob: str, root: Path, killed: list, stop: threading.Event,
+                        address: str) -> None:
     """Once a checkpoint directory appears (so the one before it is registered with Ray),
-    SIGKILL one live RayTrainWorker of this cluster."""
+    SIGKILL one live RayTrainWorker of this cluster (named by address: other Ray instances
+    may run on the machine)."""
     from ray.util.state import list_actors
 
     while not stop.is_set():
         if list(root.glob(checkpoint_dir_glob)):
-            actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            actors = list_actors(address=address,
+                                 filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
             if actors:
                 os.kill(actors[0].pid, signal.SIGKILL)
                 killed.append(actors[0].pid)
@@ -47,7 +50,8 @@ def test_train_two_workers_logs_to_mlflow_and_resumes_after_a_worker_is_killed(
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=kill_a_worker_after,
-                              args=("kill-test/step_0000040", storage, killed, stop), daemon=True)
+                              args=("kill-test/step_0000040", storage, killed, stop,
+                                    ray_cluster.address_info["gcs_address"]), daemon=True)
     killer.start()
     try:
         proc = subprocess.run([sys.executable, "-m", "xalign.cli", "train", str(REPO / "sweeps/afp-synthetic.yaml"),

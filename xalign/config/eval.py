@@ -100,6 +100,10 @@ class EvalConfig(Section):
     languages: Optional[list[str]] = None
     #: Periodic evaluation every N optimizer steps; 0 = only at the end.
     every_n_steps: NonNegInt = 0
+    #: Periodic (dev) evaluations score the tasks; false = they compute only the
+    #: representation metrics (retrieval, MEXA: one forward per held-out sentence, no task
+    #: scoring), a cheap proxy for ASHA; checkpoints are then not ranked by dev accuracy.
+    dev_tasks: bool = True
     #: Demonstrations per query, drawn from the dev split only.
     shots: NonNegInt = 0
     #: cross: template and demonstrations in the pivot, query in the target language (the

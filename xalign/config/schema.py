@@ -93,6 +93,9 @@ class ModelConfig(Section):
     #: released recipe trains in bf16); evaluation-only loads use it for the weights.
     dtype: Literal["fp32", "bf16"] = "fp32"
     gradient_checkpointing: bool = False
+    #: torch.compile each transformer block (in place, so early exit still cuts the block
+    #: list). Worth it on GPU for long runs; the first steps pay the compilation.
+    compile: bool = False
     #: Off unless asked for: remote code runs arbitrary Python from the hub.
     trust_remote_code: bool = False
     #: Pad token for tokenizers that have none (Llama, XGLM use their own); "eos" reuses
@@ -187,6 +190,14 @@ class DataConfig(Section):
     max_length: PositiveInt = 512
     #: Pack LM samples into rows (sample boundaries kept) instead of padding each.
     pack: bool = False
+    #: Micro-batches of samples of similar length (less padding): samples are sorted by
+    #: length inside windows of `group_window` global micro-batches, whose order stays
+    #: random (HF Trainer's group_by_length). Changes which pairs are in-batch negatives.
+    group_by_length: bool = False
+    group_window: PositiveInt = 64
+    #: Processes that collate micro-batches ahead of the step (torch DataLoader workers);
+    #: 0 = collate in the training process. Each one takes a share of the worker's CPUs.
+    num_workers: NonNegInt = 0
     #: English names of languages for "Answer in {name}:" / "Translate into {name}:" with
     #: real data, e.g. {qu: Quechua}; they add to (or replace) the built-in names of the 52
     #: Bactrian-X languages.
@@ -229,6 +240,9 @@ class ObjectiveConfig(Section):
     hard_negatives: bool = False
     #: Run only the blocks up to the deepest pooled layer for the contrastive branch.
     early_exit: bool = True
+    #: Both sides of the translation pairs (and hard negatives) in one forward, stacked
+    #: and padded to the longer side, instead of one forward per side (same loss).
+    fused_sides: bool = True
 
     @model_validator(mode="after")
     def _some_loss(self) -> "ObjectiveConfig":
@@ -252,6 +266,8 @@ class OptimConfig(Section):
     grad_accum_steps: PositiveInt = 1
     #: Gradient-norm clip; 0 turns clipping off (released: 1.0).
     max_grad_norm: NonNegFloat = 1.0
+    #: AdamW's fused kernel (one kernel for all parameters); None = on GPU only.
+    fused: Optional[bool] = None
 
 
 class TrackingConfig(Section):

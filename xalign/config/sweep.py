@@ -100,6 +100,25 @@ class TuneConfig(Section):
     #: ASHA: steps before a trial can be stopped, and the halving factor.
     grace_period: PositiveInt = 100
     reduction_factor: float = Field(default=2.0, gt=1.0)
+    #: ASHA: the periodic metric it compares; None = the dev counterpart of the first
+    #: objective (eval/acc_non_pivot -> dev/acc_non_pivot). `align/mexa` or
+    #: `align/retrieval/top1` are the cheap representation proxy (no task scoring with
+    #: eval.dev_tasks false; the world's held-out parallel sentences); `train/loss` works too.
+    asha_metric: Optional[str] = None
+    #: ASHA: max or min for asha_metric; None = the first objective's direction for its dev
+    #: counterpart, min for train/ losses, max otherwise.
+    asha_mode: Optional[Literal["max", "min"]] = None
+
+    def asha(self) -> tuple[str, str]:
+        """(metric, mode) that ASHA compares."""
+        first, first_mode = next(iter(self.metrics.items()))
+        dev = "dev/" + first.split("/", 1)[1] if first.startswith(("eval/", "base/")) else first
+        metric = self.asha_metric or dev
+        if self.asha_mode is not None:
+            return metric, self.asha_mode
+        if metric == dev:
+            return metric, first_mode
+        return metric, "min" if metric.startswith("train/loss") else "max"
     #: Seed of the searcher (the trials' own seed is the run config's `seed`).
     seed: int = 0
     #: Stop sampling new trials after this many seconds (None = no limit).
@@ -244,7 +263,53 @@ def value_problems(sweep: SweepConfig, where: dict[str, str]) -> list:
     for name, overrides in sweep.confirm.controls.items():
         for key, value in overrides.items():
             check_value(f"confirm.controls.{name}.{key}", key, value, f"control {name!r}:")
+    problems += asha_problems(sweep, base, where)
     return problems
+
+
+def periodic_metrics(run: RunConfig) -> set[str]:
+    """What every periodic report of a trial carries, for ASHA to compare."""
+    from xalign.eval.run import evaluates_world
+
+    names = {"train/loss", "train/loss_contrastive", "train/loss_lm"}
+    if run.eval.tasks and (run.eval.every_n_steps or run.checkpoint.every_n_steps):   # dev evals at both
+        if run.eval.dev_tasks:
+            names |= {f"dev/{m}" for m in ("acc", "acc_pivot", "acc_non_pivot", "gap")}
+            names |= {f"dev/{task}/gap" for task in run.eval.tasks}
+        if evaluates_world(run):     # the world's held-out parallel sentences
+            names |= {"align/retrieval/top1", "align/mexa"}
+    return names
+
+
+def asha_problems(sweep: SweepConfig, base: RunConfig, where: dict[str, str]) -> list:
+    from xalign.config.loader import Problem
+
+    tune = sweep.tune
+    if tune.scheduler != "asha":
+        if tune.asha_metric is not None:
+            return [Problem("tune.asha_metric", f"is set ({tune.asha_metric!r}) but tune.scheduler is "
+                            f"{tune.scheduler!r}; set tune.scheduler: asha or drop asha_metric",
+                            where.get("tune.asha_metric"))]
+        return []
+    metric, _ = tune.asha()
+    periodic = periodic_metrics(base)
+    parts = metric.split("/")
+    per_lang = len(parts) == 4 and parts[0] == "dev" and parts[3] == "acc" and parts[1] in base.eval.tasks         and base.eval.dev_tasks and base.eval.every_n_steps > 0
+    if metric in periodic or per_lang:
+        return []
+    if metric.startswith(("dev/", "align/")) and not (base.eval.every_n_steps or base.checkpoint.every_n_steps):
+        why = ("eval.every_n_steps and checkpoint.every_n_steps are 0, so trials report no periodic evaluation; "
+               "set eval.every_n_steps (e.g. 50)")
+    elif metric.startswith(("dev/", "align/")) and not base.eval.tasks:
+        why = "eval.tasks is empty, so trials run no evaluation"
+    elif metric.startswith("dev/") and not base.eval.dev_tasks:
+        why = "eval.dev_tasks is false, so periodic evaluations score no task"
+    elif metric.startswith("align/"):
+        why = "representation metrics need the synthetic world's held-out parallel sentences (eval.source: world)"
+    else:
+        why = f"trials report {', '.join(sorted(periodic))} periodically"
+    loc = "tune.asha_metric" if tune.asha_metric else "tune.metrics"
+    return [Problem(loc, f"ASHA compares {metric!r} at every periodic report, but {why}", where.get(loc))]
 
 
 def load_sweep(path, overrides=()) -> SweepConfig:

@@ -60,14 +60,20 @@ class AlignmentData:
     #: The data cache entry: {"hit": loaded from it?, "path", "key"}; None = not cached.
     cache: dict | None = None
 
-    def shard(self, *, seed: int, local_batch: int, world_size: int, rank: int) -> "AlignmentData":
-        """Fix this worker's slice of every global micro-batch."""
+    def shard(self, *, seed: int, local_batch: int, world_size: int, rank: int,
+              group_window: int = 0) -> "AlignmentData":
+        """Fix this worker's slice of every global micro-batch; ``group_window`` > 0 groups
+        samples of similar length into micro-batches (xalign.data.stream)."""
         if self.pairs.src:
+            lengths = [max(len(s), len(t)) for s, t in zip(self.pairs.src, self.pairs.tgt)] if group_window else None
             self.pair_order = ShardedOrder(len(self.pairs.src), seed=seed, local_batch=local_batch,
-                                           world_size=world_size, rank=rank)
+                                           world_size=world_size, rank=rank, lengths=lengths,
+                                           group_window=group_window)
         if self.lm_examples:
+            lengths = [len(ex["input_ids"]) for ex in self.lm_examples] if group_window else None
             self.lm_order = ShardedOrder(len(self.lm_examples), seed=seed + 1, local_batch=local_batch,
-                                         world_size=world_size, rank=rank)
+                                         world_size=world_size, rank=rank, lengths=lengths,
+                                         group_window=group_window)
         return self
 
     def micro_batch(self, position: int, *, contrastive: bool, lm: bool) -> dict:
@@ -193,7 +199,8 @@ def data_cache_key(cfg: RunConfig, tokenizer, world_dir: Path | None) -> str:
         "sources": sources,
         # Local paths are left out: the sources' content is what counts (the same files
         # mounted elsewhere, e.g. on another node, hit the same entry).
-        "data": d.model_dump(mode="json", exclude={"world": True, "pack": True, "cache": True,
+        "data": d.model_dump(mode="json", exclude={"world": True, "pack": True, "cache": True, "group_by_length": True,
+                                                   "group_window": True, "num_workers": True,
                                                    **{s: {"path"} for s in ("pairs", "instructions", "replay")}}),
         "seed": cfg.seed,
         "hard_negatives": cfg.objective.hard_negatives,

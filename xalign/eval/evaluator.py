@@ -49,22 +49,49 @@ def plan_items(cfg: EvalConfig, target: Target, *, split: Optional[str] = None):
     return {key: value[: cfg.max_items] if cfg.max_items else value for key, value in items.items()}
 
 
+def shard_bounds(n: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """[lo, hi) of part ``index`` of ``count`` contiguous, near-equal parts of n items."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard index must lie in [0, {count}), got {index}")
+    return n * index // count, n * (index + 1) // count
+
+
+def score_shard(model, tokenizer, items: dict, *, batch_size: int, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Scores of part ``shard`` = (index, count) of every (task, language, seed)'s items:
+    one contiguous slice of each, so every part still reuses each prefix's KV cache.
+    ``merge_shards`` of all parts, in index order, equals ``score_shard`` with (0, 1)."""
+    out = {}
+    for key, batch in items.items():
+        lo, hi = shard_bounds(len(batch), shard)
+        out[key] = score_items(model, tokenizer, batch[lo:hi], batch_size=batch_size) if hi > lo else []
+    return out
+
+
+def merge_shards(parts: Sequence[dict]) -> dict:
+    """The scores of every item, from the parts of ``score_shard`` in index order."""
+    return {key: [score for part in parts for score in part[key]] for key in parts[0]}
+
+
 def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Optional[str] = None,
              prefix: str = "eval", out_dir: Optional[Path] = None, representations: bool = True,
-             items: Optional[dict] = None) -> EvalResult:
+             items: Optional[dict] = None, scores: Optional[dict] = None) -> EvalResult:
     """Score every task x language x seed (``items`` from ``plan_items``, built here when not
-    given), summarise, and (with ``out_dir``) write per-item records and plots there."""
+    given; ``scores``: already scored, e.g. in shards by several workers), summarise, and
+    (with ``out_dir``) write per-item records and plots there."""
     start = time.perf_counter()
     items = items if items is not None else plan_items(cfg, target, split=split)
+    if scores is None:
+        scores = score_shard(model, tokenizer, items, batch_size=cfg.batch_size)
     accuracies: dict[str, dict[str, dict[str, list[float]]]] = {n: {} for n in NORMALIZATIONS}
     all_items, all_scores = [], []
-    for (task, lang, _seed), batch in items.items():
-        scores = score_items(model, tokenizer, batch, batch_size=cfg.batch_size)
+    for key, batch in items.items():
+        (task, lang, _seed), item_scores = key, scores[key]
         for norm in NORMALIZATIONS:
-            correct = [choose(s, norm) == item.gold for item, s in zip(batch, scores)]
+            correct = [choose(s, norm) == item.gold for item, s in zip(batch, item_scores, strict=True)]
             accuracies[norm].setdefault(task, {}).setdefault(lang, []).append(sum(correct) / len(correct))
         all_items += batch
-        all_scores += scores
+        all_scores += item_scores
     metrics = summarise(accuracies[cfg.normalization], pivot=target.pivot, prefix=prefix)
     for norm in NORMALIZATIONS:
         for task, by_lang in accuracies[norm].items():

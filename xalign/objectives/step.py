@@ -46,6 +46,7 @@ class AlignmentLossConfig:
     pooler: str = "last"  # released: last non-pad token
     symmetric: bool = False  # released: pivot -> other only
     early_exit: bool = True  # run only the blocks the contrastive branch needs
+    fused_sides: bool = True  # both sides (and hard negatives) of the pairs in one forward
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -178,6 +179,21 @@ def sentence_vectors(
     return pool(hidden, attention_mask, layers, pooler)
 
 
+def stack_sides(sides: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(input_ids, attention_mask) of several batches stacked into one, each padded on the
+    right to the widest (pad id 0, masked), and the row count of each: the sides of the
+    translation pairs then take one forward instead of two or three. In a causal model a
+    row's non-pad states do not depend on pad positions after them, and the poolers and
+    positions read the mask, so the vectors equal those of separate forwards."""
+    width = max(ids.shape[1] for ids, _ in sides)
+    ids_out, mask_out = [], []
+    for ids, mask in sides:
+        extra = width - ids.shape[1]
+        ids_out.append(torch.nn.functional.pad(ids, (0, extra), value=0))
+        mask_out.append(torch.nn.functional.pad(mask, (0, extra), value=0))
+    return torch.cat(ids_out), torch.cat(mask_out), [ids.shape[0] for ids, _ in sides]
+
+
 def _lm_forward(model: nn.Module, batch: dict) -> torch.Tensor:
     mask = batch.get("lm_attention_mask")
     if mask is not None and mask.ndim == 4:
@@ -214,11 +230,16 @@ def alignment_loss(model: nn.Module, batch: dict, cfg: Any) -> tuple[torch.Tenso
         temperature = cfg.temperature() if isinstance(cfg.temperature, nn.Module) else cfg.temperature
         layers = list(cfg.layers)
         common = {"layers": layers, "pooler": cfg.pooler, "early_exit": cfg.early_exit}
-        src = sentence_vectors(model, batch["src_input_ids"], batch["src_attention_mask"], **common)
-        tgt = sentence_vectors(model, batch["tgt_input_ids"], batch["tgt_attention_mask"], **common)
-        neg = [None] * len(layers)
-        if "neg_input_ids" in batch:  # one hard negative per pair, in the other language
-            neg = sentence_vectors(model, batch["neg_input_ids"], batch["neg_attention_mask"], **common)
+        sides = ["src", "tgt"] + (["neg"] if "neg_input_ids" in batch else [])  # neg: a hard negative per pair
+        if getattr(cfg, "fused_sides", True):
+            ids, mask, sizes = stack_sides([(batch[f"{s}_input_ids"], batch[f"{s}_attention_mask"]) for s in sides])
+            vectors = [v.split(sizes) for v in sentence_vectors(model, ids, mask, **common)]
+            per_side = [[v[k] for v in vectors] for k in range(len(sides))]
+        else:
+            per_side = [sentence_vectors(model, batch[f"{s}_input_ids"], batch[f"{s}_attention_mask"], **common)
+                        for s in sides]
+        src, tgt = per_side[0], per_side[1]
+        neg = per_side[2] if len(sides) == 3 else [None] * len(layers)
         per_layer = [
             info_nce(s, t, temperature=temperature, symmetric=cfg.symmetric, hard_negatives=n)
             for s, t, n in zip(src, tgt, neg)

@@ -65,10 +65,24 @@ def comparison(result, base: dict) -> str:
     return "\n".join(lines)
 
 
+def compute_line(use: dict, scheduler: str) -> str:
+    """How much of the search ran, against every trial run to the end (ASHA's saving)."""
+    if not use.get("steps_full"):
+        return ""
+    return (f"Compute: {scheduler} ran {use['steps_run']:.0f} of {use['steps_full']:.0f} trial steps "
+            f"({100 * use['compute_saved']:.0f}% saved against running every trial to the end; "
+            f"{use['trials_stopped']:.0f} trials stopped early, their final evaluation skipped)")
+
+
 def summary(result, sweep: SweepConfig) -> str:
+    from xalign.sweep.runner import compute_use
+
     varied = list(sweep.search)
     out = [f"Sweep {result.name}: {len(result.trials)} trials ({result.path})",
            trial_table([t for t in result.trials if t.phase == "search"], sweep.tune.metrics, varied)]
+    line = compute_line(compute_use(result.trials, sweep.run_config().optim.max_steps), sweep.tune.scheduler)
+    if line:
+        out.append(line)
     if result.pareto:
         out.append("Pareto front: " + ", ".join(t.trial_id for t in result.pareto))
     if result.best is not None:
@@ -122,16 +136,23 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     searched = [k.removeprefix("search.") for k in parent.data.params if k.startswith("search.")]
     trials = []
     for run in children:
+        if run.data.tags.get("xalign.orphaned"):     # a trial Tune lost with a killed driver, re-run
+            continue
         seconds = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
         params = {k: _parse(run.data.params.get(k)) for k in searched}
         variant = run.data.tags.get("xalign.variant")
         if variant:
             params["__control__"] = variant
+        status = {"FINISHED": "TERMINATED", "KILLED": "STOPPED"}.get(run.info.status, run.info.status)
         trials.append(Trial(run.data.tags.get("xalign.trial_id", run.info.run_id[:8]),
                             run.data.tags.get("xalign.phase", "search"), params, dict(run.data.metrics),
-                            "TERMINATED" if run.info.status == "FINISHED" else run.info.status, seconds))
+                            status, seconds))
     lines = [f"Sweep {name} (parent run {parent.info.run_id}, {len(trials)} trials)",
              trial_table([t for t in trials if t.phase == "search"], objectives, searched)]
+    use = {k.removeprefix("sweep/"): v for k, v in parent.data.metrics.items() if k.startswith("sweep/")}
+    line = compute_line(use, parent.data.params.get("tune.scheduler", "the scheduler"))
+    if line:
+        lines.append(line)
     best_id = parent.data.tags.get("xalign.best_trial_id")
     base = {k.removeprefix("best/"): v for k, v in parent.data.metrics.items() if k.startswith("best/base/")}
     base.update({k: v for k, v in parent.data.metrics.items() if k.startswith("base/")})

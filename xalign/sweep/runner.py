@@ -23,7 +23,7 @@ import yaml
 from xalign.config import flatten
 from xalign.config.schema import RunConfig
 from xalign.config.sweep import SweepConfig, _set
-from xalign.sweep.space import dev_metric, pareto_front, tune_space
+from xalign.sweep.space import pareto_front, tune_space
 from xalign.train.driver import (TrainingError, check_ray_address, init_ray, prepare_data, prepare_world,
                                  ray_is_initialized, storage_root, train)
 
@@ -77,8 +77,11 @@ def make_trainable(base: dict, *, storage: str, parent_run_id: Optional[str], sw
         if "__control__" in variant or phase == "confirm":
             tags["xalign.variant"] = variant.get("__control__", "best")
         start = time.perf_counter()
+        # The sweep built (and cached) the base config's data; a trial whose sampled keys
+        # leave data, model and seed alone reads the same data and need not check it again.
+        same_data = not any(k == "seed" or k.startswith(("data.", "model.")) for k in overrides)
         result = train(cfg, name=context.get_trial_name(), storage_path=storage, callbacks=[TuneReportCallback()],
-                       parent_run_id=parent_run_id, tags=tags, storage_checked=True)
+                       parent_run_id=parent_run_id, tags=tags, storage_checked=True, data_checked=same_data)
         final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and "/layer" not in k}
         ray.tune.report({**final, "trial_seconds": time.perf_counter() - start, "done_final": 1})
 
@@ -153,9 +156,11 @@ def _tuner(sweep: SweepConfig, trainable, *, phase: str, path: str, space: dict,
                                       restart_errored=False)
     scheduler = None
     if phase == "search" and sweep.tune.scheduler == "asha":
-        metric, mode = next(iter(sweep.tune.metrics.items()))
+        metric, mode = sweep.tune.asha()
+        # max_t one past the last step: ASHA stops every trial that reaches max_t, which at
+        # max_steps would kill the survivors before their final test evaluation.
         scheduler = ray.tune.schedulers.ASHAScheduler(
-            time_attr="step", metric=dev_metric(metric), mode=mode, max_t=cfg.optim.max_steps,
+            time_attr="step", metric=metric, mode=mode, max_t=cfg.optim.max_steps + 1,
             grace_period=min(sweep.tune.grace_period, cfg.optim.max_steps), reduction_factor=sweep.tune.reduction_factor)
     return ray.tune.Tuner(
         trainable, param_space=space,
@@ -202,6 +207,11 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     # final report. The sweep file's metrics were checked against what trials report before
     # this point (xalign.config.sweep), so Tune's per-result check is not needed.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Tune saves its state (which trials exist) every >= 10 s by default; a driver killed in
+    # that window loses the newest trials from it, and --resume samples new ones in their
+    # place. On local or NFS storage the save is cheap: every second narrows the window.
+    if not storage.is_uri(root):
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     max_concurrent = concurrency(base_cfg, sweep.tune.max_concurrent_trials)   # before anything is written
     storage.check_shared(root)        # every node can write it, and sees the same files
     parent = _open_parent(sweep, name, sweep_file, state_path)
@@ -223,6 +233,10 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     tuner = _tuner(sweep, trainable, phase="search", path=path, space=tune_space(sweep.search), searcher=searcher,
                    num_samples=sweep.tune.num_samples, max_concurrent=max_concurrent, resume=resume)
     trials = _collect(tuner.fit(), "search")
+    if parent is not None:
+        _close_stopped(sweep, parent, trials)
+        if resume:
+            _close_orphans(sweep, parent, "search", trials)
     finished = [t for t in trials if all(m in t.metrics for m in metrics)]
     front = pareto_front(finished, sweep.tune.metrics)
     best = max(front, key=lambda t: tuple(t.metrics[m] * (1 if sweep.tune.metrics[m] == "max" else -1)
@@ -237,6 +251,8 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
         tuner = _tuner(sweep, confirm, phase="confirm", path=path, space={"__variant__": ray.tune.grid_search(variants)},
                        searcher=None, num_samples=1, max_concurrent=max_concurrent, resume=resume)
         confirmed = _collect(tuner.fit(), "confirm")
+        if parent is not None and resume:
+            _close_orphans(sweep, parent, "confirm", confirmed)
         for trial, variant in zip(confirmed, variants):
             trial.params = variant
         trials += confirmed
@@ -244,6 +260,52 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     if parent is not None:
         _close_parent(sweep, parent, result)
     return result
+
+
+def _close_stopped(sweep: SweepConfig, parent: str, trials: list[Trial]) -> None:
+    """A trial ASHA stopped had its Tune function killed mid-run, so its MLflow child run
+    was never ended: end it KILLED, tagged with the step it reached."""
+    from xalign import tracking
+
+    for trial in trials:
+        if trial.status != "STOPPED":
+            continue
+        run_id = tracking.find_run(sweep.tracking, {"xalign.trial_id": trial.trial_id, "mlflow.parentRunId": parent})
+        if run_id is None:
+            continue
+        tracking.set_tags(sweep.tracking, run_id, {"xalign.stopped_by": sweep.tune.scheduler,
+                                                   "xalign.stopped_at_step": str(int(trial.metrics.get("step", 0)))})
+        tracking.end_run(sweep.tracking, run_id, status="KILLED")
+
+
+def _close_orphans(sweep: SweepConfig, parent: str, phase: str, trials: list[Trial]) -> None:
+    """Child runs of a resumed phase whose trial Tune does not know: the driver died after
+    the trial started but before Tune saved its state, so --resume sampled another trial
+    in its place. End them KILLED with the ``xalign.orphaned`` tag (kept, not deleted;
+    `xalign report` leaves them out)."""
+    from xalign import tracking
+
+    known = {t.trial_id for t in trials}
+    for run_id, trial_id, status in tracking.child_runs(sweep.tracking, parent, phase):
+        if trial_id in known:
+            continue
+        tracking.set_tags(sweep.tracking, run_id, {
+            "xalign.orphaned": "the sweep driver died before Ray Tune saved this trial; --resume ran another in "
+                               "its place"})
+        if status == "RUNNING":
+            tracking.end_run(sweep.tracking, run_id, status="KILLED")
+
+
+def compute_use(trials: list[Trial], max_steps: int) -> dict[str, float]:
+    """What the search phase ran against running every trial to the end: optimizer steps
+    (``steps_run`` of ``steps_full``), the share saved, and the trials stopped early (whose
+    final test evaluation was skipped too)."""
+    search = [t for t in trials if t.phase == "search" and t.status != "ERROR"]
+    steps = [max_steps if t.status == "TERMINATED" else min(max_steps, int(t.metrics.get("step", 0))) for t in search]
+    full = max_steps * len(search)
+    return {"steps_run": float(sum(steps)), "steps_full": float(full),
+            "compute_saved": 1.0 - sum(steps) / full if full else 0.0,
+            "trials_stopped": float(sum(t.status == "STOPPED" for t in search))}
 
 
 def evaluate_base_model(cfg: RunConfig, world_dir, path: str, parent: Optional[str]) -> dict[str, float]:
@@ -275,6 +337,8 @@ def _close_parent(sweep: SweepConfig, parent: str, result: SweepResult) -> None:
                                                       if k.startswith(("eval/", "base/", "align/"))}, ())
         tracking.log_text(sweep.tracking, parent, yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False),
                           "best_config.yaml")
+    use = compute_use(result.trials, sweep.run_config().optim.max_steps)
+    tracking.log_results(sweep.tracking, parent, {f"sweep/{k}": v for k, v in use.items()}, ())
     tracking.log_text(sweep.tracking, parent, json.dumps([t.__dict__ for t in result.trials], indent=2, default=str),
                       "trials.json")
     tracking.end_run(sweep.tracking, parent, status="FINISHED")

@@ -5,6 +5,7 @@ result or a clear error."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -73,10 +74,13 @@ def init_ray(cfg: RunConfig, *, headroom_cpus: int = 0) -> None:
         address = os.environ.get("RAY_ADDRESS")
         if address:
             check_ray_address(address)
+        gcs_port = None if address else _free_port()
         try:
             # The dashboard (loopback only) serves the state API that Ray Train's monitor polls.
-            ray.init(address=address or "local", dashboard_host="127.0.0.1",
-                     num_cpus=None if address else (os.cpu_count() or 1) + headroom_cpus)
+            with _env(RAY_GCS_SERVER_PORT=str(gcs_port) if gcs_port else None):
+                ray.init(address=address or "local", dashboard_host="127.0.0.1",
+                         num_cpus=None if address else (os.cpu_count() or 1) + headroom_cpus,
+                         runtime_env=_cluster_address_env(address or f"127.0.0.1:{gcs_port}"))
         except ConnectionError as exc:
             raise TrainingError(f"RAY_ADDRESS={address}: cannot join the Ray cluster there: {exc}. Check that the "
                                 "cluster is up (`ray status`) or unset RAY_ADDRESS to run on this machine") from exc
@@ -97,6 +101,44 @@ def init_ray(cfg: RunConfig, *, headroom_cpus: int = 0) -> None:
             f"scaling asks for {s.num_workers} workers x {s.gpus_per_worker:g} GPUs = {need_gpu:g} GPUs but {where} "
             f"has {have.get('GPU', 0):g}; lower scaling.num_workers or scaling.gpus_per_worker, or set "
             "scaling.autoscale=true if the cluster adds GPU nodes on demand")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _env(**values: Optional[str]):
+    """Environment variables set for the duration (None: left alone)."""
+    old = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _cluster_address_env(address: str) -> Optional[dict]:
+    """The job's runtime environment: RAY_ADDRESS = this cluster, in every worker. Ray
+    Train's placement-group cleaner (which frees a trial's workers' CPUs and GPUs when ASHA
+    or `ray job stop` ends the trial) finds its cluster through the state API; without
+    RAY_ADDRESS it looks for Ray instances on the machine and gives up when there are
+    several (another local instance, or `ray start` nodes next to a laptop run), and the
+    leaked reservation then starves the next trials. None where the job's own runtime
+    environment (ray job submit) already names RAY_ADDRESS, or the address is not host:port."""
+    if address in ("auto", "local") or "://" in address:
+        return None
+    if "RAY_ADDRESS" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
+        return None
+    return {"env_vars": {"RAY_ADDRESS": address}}
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:
@@ -177,49 +219,88 @@ def final_evaluation(cfg: RunConfig, checkpoint_path: Optional[str], world_dir: 
     """Evaluate the chosen checkpoint on ``eval.split`` (test by default) and, with
     ``eval.baseline``, the starting model too ("base/..." metrics: the gap before
     alignment); log both to the run. ``checkpoint_path`` None evaluates the starting model
-    only. Runs as a Ray task with one worker's resources."""
+    only. Runs as a Ray task with one worker's resources; with several workers
+    (``scaling.num_workers``), as many tasks first score a share of the items each, and
+    the last task computes the metrics, records and plots from their scores."""
     import ray
 
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    from xalign.eval.evaluator import merge_shards
+
     s = cfg.scaling
     # Outside any placement group: inside a sweep trial, tasks would otherwise be captured by
     # the trial's own (CPU-sliver) placement group and never fit.
-    task = ray.remote(_evaluate_checkpoint).options(
-        num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-    return ray.get(task.remote(cfg.model_dump(mode="json"), checkpoint_path, str(world_dir) if world_dir else None,
-                               plan, run_id, step, str(out_dir)))
+    options = dict(num_cpus=s.cpus_per_worker, num_gpus=s.gpus_per_worker if s.use_gpu else 0,
+                   scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    args = (cfg.model_dump(mode="json"), checkpoint_path, str(world_dir) if world_dir else None, plan)
+    shards, scores = s.num_workers, None
+    if shards > 1:
+        shard_task = ray.remote(_score_checkpoint_shard).options(**options)
+        parts = ray.get([shard_task.remote(*args, (i, shards)) for i in range(shards)])
+        scores = {prefix: merge_shards([part[prefix] for part in parts]) for prefix in parts[0]}
+    task = ray.remote(_evaluate_checkpoint).options(**options)
+    return ray.get(task.remote(*args, run_id, step, str(out_dir), scores))
 
 
-def _evaluate_checkpoint(cfg_data: dict, checkpoint_path: str, world_dir: Optional[str], plan: dict,
-                         run_id: Optional[str], step: int, out_dir: str):
+@contextlib.contextmanager
+def _models_to_evaluate(cfg: RunConfig, checkpoint_path: Optional[str], world: Optional[Path]):
+    """[(metric prefix, model config, world)]: the trained checkpoint ("eval"), and the
+    starting model ("base") with eval.baseline or when there is no checkpoint."""
     import ray.train
 
-    from xalign import tracking
-    from xalign.eval.evaluator import EvalResult, Target, evaluate
-    from xalign.model import load_model, load_tokenizer, num_blocks
-    from xalign.pooling import resolve_layers
-
-    cfg = RunConfig.model_validate(cfg_data)
-    world = Path(world_dir) if world_dir else None
-    eval_world = Path(plan["eval_world_dir"]) if plan.get("eval_world_dir") else None
-    merged: dict = {}
-    files: list = []
-    tables: list[str] = []
     with contextlib.ExitStack() as stack:
         entries = [("base", cfg.model, world)] if cfg.eval.baseline or checkpoint_path is None else []
         if checkpoint_path is not None:
             directory = stack.enter_context(ray.train.Checkpoint(checkpoint_path).as_directory())
             trained = cfg.model.model_copy(update={"name_or_path": str(Path(directory) / "model"), "tokenizer": None})
             entries.insert(0, ("eval", trained, None))
+        yield entries
+
+
+def _eval_setup(cfg: RunConfig, plan: dict, model_cfg, model_world):
+    from xalign.eval.evaluator import Target, plan_items
+    from xalign.model import load_model, load_tokenizer, num_blocks
+    from xalign.pooling import resolve_layers
+
+    eval_world = Path(plan["eval_world_dir"]) if plan.get("eval_world_dir") else None
+    tokenizer, model = load_tokenizer(model_cfg, model_world), load_model(model_cfg, model_world)
+    target = Target(pivot=plan["pivot"], languages=cfg.eval.languages, world_dir=eval_world,
+                    layer=max(resolve_layers(cfg.objective.layer, num_blocks(model))), pooler=cfg.objective.pooler)
+    eval_cfg = cfg.eval.model_copy(update={"max_items": None})
+    return model, tokenizer, target, eval_cfg, plan_items(eval_cfg, target)
+
+
+def _score_checkpoint_shard(cfg_data: dict, checkpoint_path: Optional[str], world_dir: Optional[str], plan: dict,
+                            shard: tuple[int, int]) -> dict:
+    """{metric prefix: scores of part ``shard`` of the items} for each model evaluated."""
+    from xalign.eval.evaluator import score_shard
+
+    cfg = RunConfig.model_validate(cfg_data)
+    out = {}
+    with _models_to_evaluate(cfg, checkpoint_path, Path(world_dir) if world_dir else None) as entries:
         for prefix, model_cfg, model_world in entries:
-            tokenizer, model = load_tokenizer(model_cfg, model_world), load_model(model_cfg, model_world)
-            target = Target(pivot=plan["pivot"], languages=cfg.eval.languages, world_dir=eval_world,
-                            layer=max(resolve_layers(cfg.objective.layer, num_blocks(model))),
-                            pooler=cfg.objective.pooler)
-            result = evaluate(model, tokenizer, cfg.eval.model_copy(update={"max_items": None}), target,
-                              prefix=prefix, out_dir=Path(out_dir))
+            model, tokenizer, _target, eval_cfg, items = _eval_setup(cfg, plan, model_cfg, model_world)
+            out[prefix] = score_shard(model, tokenizer, items, batch_size=eval_cfg.batch_size, shard=shard)
+    return out
+
+
+def _evaluate_checkpoint(cfg_data: dict, checkpoint_path: Optional[str], world_dir: Optional[str], plan: dict,
+                         run_id: Optional[str], step: int, out_dir: str, scores: Optional[dict] = None):
+    """Metrics, records and plots of each model evaluated; ``scores`` ({prefix: scores}),
+    when the items were scored in shards already."""
+    from xalign import tracking
+    from xalign.eval.evaluator import EvalResult, evaluate
+
+    cfg = RunConfig.model_validate(cfg_data)
+    merged: dict = {}
+    files: list = []
+    tables: list[str] = []
+    with _models_to_evaluate(cfg, checkpoint_path, Path(world_dir) if world_dir else None) as entries:
+        for prefix, model_cfg, model_world in entries:
+            model, tokenizer, target, eval_cfg, items = _eval_setup(cfg, plan, model_cfg, model_world)
+            result = evaluate(model, tokenizer, eval_cfg, target, prefix=prefix, out_dir=Path(out_dir), items=items,
+                              scores=(scores or {}).get(prefix))
             merged.update(result.metrics)
             files += result.files
             tables.append(f"[{prefix}]\n{result.table}")
@@ -253,17 +334,19 @@ def raise_if_nonfinite(metrics: dict, checkpoint: Optional[str]) -> None:
 
 def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[str] = None,
           callbacks: Sequence = (), parent_run_id: Optional[str] = None,
-          tags: Optional[dict[str, str]] = None, storage_checked: bool = False) -> TrainResult:
+          tags: Optional[dict[str, str]] = None, storage_checked: bool = False,
+          data_checked: bool = False) -> TrainResult:
     """One alignment run on Ray Train; blocks until it ends. Inside a sweep trial, pass the
-    Tune callback, the sweep's storage (checked once by the sweep), and the parent MLflow
-    run (the child run is found again by its ``xalign.trial_id`` tag on resume, never
-    duplicated)."""
+    Tune callback, the sweep's storage (checked once by the sweep), whether the sweep
+    already built this trial's data (``data_checked``: no data, model or seed key was
+    sampled), and the parent MLflow run (the child run is found again by its
+    ``xalign.trial_id`` tag on resume, never duplicated)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from xalign import tracking
+    from xalign import storage, tracking
     from xalign.storage import join
-    from xalign.train.worker import train_loop_per_worker
+    from xalign.train.worker import NONFINITE_FILE, train_loop_per_worker
 
     cfg = cfg.model_copy(update={"tracking": tracking.resolved(cfg.tracking)})   # one store for every process
     if cfg.tracking.enabled:
@@ -276,7 +359,8 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     if os.environ.get("RAY_ADDRESS") and not ray_is_initialized():
         check_ray_address(os.environ["RAY_ADDRESS"])
     world_dir = prepare_world(cfg)
-    prepare_data(cfg, world_dir)
+    if not data_checked:
+        prepare_data(cfg, world_dir)
     init_ray(cfg)
     if not storage_checked:
         check_shared(storage_path)      # and so can every node, seeing the same files
@@ -293,7 +377,7 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     plan = evaluation_plan(cfg, world_dir)
-    select = plan["evaluate"] and cfg.eval.select_best
+    select = plan["evaluate"] and cfg.eval.select_best and cfg.eval.dev_tasks
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json"), "world_dir": str(world_dir) if world_dir else None,
@@ -313,6 +397,7 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
         ),
     )
     status = "FAILED"
+    storage.delete(storage.join(storage_path, name, NONFINITE_FILE))   # from an earlier run of this name
     try:
         try:
             result = trainer.fit()
@@ -328,6 +413,9 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
             # Step metrics the store did not take while it was down (kept in the last checkpoint).
             with result.checkpoint.as_directory() as directory:
                 tracking.send_unsent(cfg.tracking, run_id, Path(directory), where=checkpoint)
+        stopped = storage.join(storage_path, name, NONFINITE_FILE)
+        if storage.exists(stopped):
+            metrics.update(json.loads(storage.read_text(stopped)))
         raise_if_nonfinite(metrics, checkpoint)
         evaluation = None
         if plan["evaluate"] and result.checkpoint is not None:

@@ -3,9 +3,11 @@ restore -> loop(alignment step) -> report. The only module that calls ray.train 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -40,12 +42,18 @@ class Objective:
     symmetric: bool
     early_exit: bool
     module: torch.nn.Module  # holds the learnable parameters (empty when none)
+    fused_sides: bool = True
 
 
 def setup_model(cfg: RunConfig, world_dir: Optional[str], device: torch.device):
     tokenizer = load_tokenizer(cfg.model, Path(world_dir) if world_dir else None)
     model = load_model(cfg.model, Path(world_dir) if world_dir else None, for_training=True).to(device)
     model.train()
+    if cfg.model.compile:
+        from xalign.objectives.step import decoder_blocks
+
+        for block in decoder_blocks(model)[2]:
+            block.compile()
     return model, tokenizer
 
 
@@ -59,18 +67,20 @@ def setup_objective(cfg: RunConfig, model, device: torch.device) -> Objective:
         module = LearnableTemperature(o.temperature).to(device)
         temperature = module
     return Objective(o.contrastive_weight, o.lm_weight, temperature, layers, o.pooler, o.symmetric,
-                     o.early_exit, module)
+                     o.early_exit, module, o.fused_sides)
 
 
 def setup_data(cfg: RunConfig, tokenizer, world_dir: Optional[str], dist: Dist) -> AlignmentData:
     data = build_alignment_data(cfg, tokenizer, Path(world_dir) if world_dir else None)
-    return data.shard(seed=cfg.seed, local_batch=cfg.optim.batch_size, world_size=dist.world_size, rank=dist.rank)
+    return data.shard(seed=cfg.seed, local_batch=cfg.optim.batch_size, world_size=dist.world_size, rank=dist.rank,
+                      group_window=cfg.data.group_window if cfg.data.group_by_length else 0)
 
 
 def setup_optimizer(cfg: RunConfig, model, objective: Objective):
     params = [p for p in model.parameters() if p.requires_grad] + list(objective.module.parameters())
+    fused = cfg.optim.fused if cfg.optim.fused is not None else params[0].device.type == "cuda"
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  weight_decay=cfg.optim.weight_decay)
+                                  weight_decay=cfg.optim.weight_decay, fused=fused)
     warmup = int(cfg.optim.warmup_ratio * cfg.optim.max_steps)
     scheduler = make_scheduler(optimizer, schedule=cfg.optim.schedule, warmup_steps=warmup,
                                max_steps=cfg.optim.max_steps)
@@ -120,13 +130,17 @@ class Run:
     dist: Dist
     device: torch.device
 
-    def step(self, step: int) -> dict[str, float]:
-        """Optimizer step ``step`` (0-based): its micro-batches are a pure function of it."""
-        accum = self.cfg.optim.grad_accum_steps
-        use_c, use_lm = self.objective.contrastive_weight > 0, self.objective.lm_weight > 0
-        micro = [{k: v.to(self.device) for k, v in
-                  self.data.micro_batch(step * accum + i, contrastive=use_c, lm=use_lm).items()}
-                 for i in range(accum)]
+    def batches(self) -> "StepBatches":
+        return StepBatches(self.data, self.cfg.optim.grad_accum_steps, contrastive=self.objective.contrastive_weight > 0,
+                           lm=self.objective.lm_weight > 0)
+
+    def step(self, step: int, micro: Optional[list[dict]] = None) -> dict[str, float]:
+        """Optimizer step ``step`` (0-based): its micro-batches are a pure function of it
+        (``micro``: already collated, e.g. by a DataLoader worker)."""
+        if micro is None:
+            micro = self.batches()[step]
+        non_blocking = self.device.type == "cuda"
+        micro = [{k: v.to(self.device, non_blocking=non_blocking) for k, v in batch.items()} for batch in micro]
         autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
                     if self.cfg.model.dtype == "bf16" else None)
         return train_step(self.model, self.optimizer, self.scheduler, micro,
@@ -143,6 +157,35 @@ class Run:
                                objective=self.objective.module)
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` = the micro-batches of optimizer step ``step`` (grad accumulation), a
+    pure function of it, so a DataLoader's worker processes can collate them ahead."""
+
+    def __init__(self, data: AlignmentData, accum: int, *, contrastive: bool, lm: bool):
+        self.data, self.accum, self.contrastive, self.lm = data, accum, contrastive, lm
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, step: int) -> list[dict]:
+        return [self.data.micro_batch(step * self.accum + i, contrastive=self.contrastive, lm=self.lm)
+                for i in range(self.accum)]
+
+
+def step_batches(run: "Run", start: int, stop: int):
+    """The micro-batches of steps start..stop-1, in order: collated in this process
+    (``data.num_workers`` 0) or by DataLoader worker processes, two steps ahead each
+    (spawned, not forked: a Ray worker process holds threads that fork does not copy)."""
+    batches = run.batches()
+    workers = run.cfg.data.num_workers
+    if workers == 0:
+        return (batches[step] for step in range(start, stop))
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, stop), num_workers=workers,
+                                         multiprocessing_context="spawn", prefetch_factor=2,
+                                         pin_memory=run.device.type == "cuda")
+    return iter(loader)
+
+
 def setup_run(cfg: RunConfig, world_dir: Optional[str], dist: Dist, device: torch.device) -> Run:
     torch.manual_seed(cfg.seed + dist.rank)
     model, tokenizer = setup_model(cfg, world_dir, device)
@@ -150,6 +193,24 @@ def setup_run(cfg: RunConfig, world_dir: Optional[str], dist: Dist, device: torc
     data = setup_data(cfg, tokenizer, world_dir, dist)
     optimizer, scheduler, params = setup_optimizer(cfg, model, objective)
     return Run(cfg, model, tokenizer, objective, data, optimizer, scheduler, params, dist, device)
+
+
+NONFINITE_FILE = "nonfinite.json"   # in the run's storage folder: the step and loss parts of a NaN stop
+
+
+def tag_node(cfg: RunConfig, run_id: str) -> None:
+    """Tag the MLflow run with the Ray node rank 0 runs on (``xalign.node_id``,
+    ``xalign.node_ip``). Informational: a store still down after the retry window is
+    logged, not raised, as step metrics are (training goes on)."""
+    import ray
+
+    from xalign.tracking import TrackingError, set_tags
+
+    tags = {"xalign.node_id": ray.get_runtime_context().get_node_id(), "xalign.node_ip": ray.util.get_node_ip_address()}
+    try:
+        set_tags(cfg.tracking, run_id, tags)
+    except TrackingError as exc:
+        log.warning("[xalign] could not tag the run with its node: %s", exc)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -188,18 +249,26 @@ def train_loop_per_worker(config: dict) -> None:
             logger = MetricLogger(config["mlflow_uri"], config["mlflow_run_id"])
             logger.pending[:0] = unsent
             logger.log(mix_metrics(run.data.stats), step=start_step)   # the realised data mix
+            tag_node(cfg, config["mlflow_run_id"])   # which Ray node ran this (trial's) run
 
-    evaluator = setup_evaluation(config, run) if dist.rank == 0 else None
+    evaluator = setup_evaluation(config, run)
     last_saved = start_step
     window: list[dict] = []
-    for step in range(start_step, cfg.optim.max_steps):
+    window_start = time.perf_counter()   # wall clock of the reporting window (train/wall_tokens_per_s)
+    for step, micro in zip(range(start_step, cfg.optim.max_steps), step_batches(run, start_step, cfg.optim.max_steps)):
         try:
-            metrics = run.step(step)
+            metrics = run.step(step, micro)
         except NonFiniteLossError as exc:
             # Every rank sees the same reduced loss, so all stop here together. Returning (not
-            # raising) keeps Ray from retrying a deterministic failure; the driver reports it.
-            ray.train.report({"train/nonfinite_step": exc.step,
-                              **{f"train/nonfinite_{k}": v for k, v in exc.parts.items()}})
+            # raising) keeps Ray from retrying a deterministic failure; the driver reports it
+            # from the file rank 0 leaves in the run's storage (Ray's result carries the
+            # metrics of the last checkpoint, not of the last report).
+            report = {"train/nonfinite_step": exc.step, **{f"train/nonfinite_{k}": v for k, v in exc.parts.items()}}
+            if dist.rank == 0 and config.get("storage_path"):
+                from xalign import storage
+
+                storage.write_text(storage.join(config["storage_path"], NONFINITE_FILE), json.dumps(report))
+            ray.train.report(report)
             return
         window.append(metrics)
         done = step + 1
@@ -209,17 +278,23 @@ def train_loop_per_worker(config: dict) -> None:
         if not (save or dev_eval or done % cfg.tracking.log_every_n_steps == 0):
             continue
         report = {**summarise(window, run.objective), "step": done, "resumed_from_step": start_step}
+        paused = time.perf_counter()
+        report["train/wall_tokens_per_s"] = sum(m["tokens"] for m in window) / max(paused - window_start, 1e-9)
+        report["train/peak_memory_mb"] = peak_memory_mb(run.device)
         if dev_eval:
-            # Rank 0 evaluates on DEV (selection never looks at test); the others wait at report.
+            # On DEV (selection never looks at test), the items shared by all ranks.
             dev = evaluator(run.model) if evaluator is not None else {}
             report.update(dev)
-        window = []
+        # The next window's wall clock leaves out the evaluation and the checkpoint (timed
+        # on their own) but counts reporting and logging, which a plain loop would not do.
+        window, window_start = [], time.perf_counter()
         if logger is not None:
             logger.log(report, step=done)
         if not save:
             ray.train.report(report)
             continue
         name = f"step_{done:07d}"
+        saving = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 if dist.rank == 0:
@@ -235,24 +310,50 @@ def train_loop_per_worker(config: dict) -> None:
                 f"{type(exc).__name__}: {exc}. The previous checkpoint ({previous}) is intact; free space or fix "
                 "checkpoint.storage_path, and a restart resumes from it") from exc
         last_saved = done
+        window_start += time.perf_counter() - saving
 
 
 def setup_evaluation(config: dict, run: Run):
-    """A function model -> dev metrics (``dev/...``), for periodic evaluations on rank 0."""
+    """A function model -> dev metrics (``dev/...``) for the periodic evaluations, called on
+    every rank: each scores its share of the items (xalign.eval.evaluator.score_shard), rank
+    0 gathers them and computes the metrics (the representation metrics on it alone); the
+    other ranks get {}. The items are built once, here."""
     if not config.get("evaluate"):
         return None
-    from xalign.eval.evaluator import Target, evaluate
+    from xalign.eval.evaluator import Target, evaluate, merge_shards, plan_items, score_shard
 
     cfg = run.cfg
     world_dir = config.get("eval_world_dir")
     target = Target(pivot=config["pivot"], languages=cfg.eval.languages, world_dir=Path(world_dir) if world_dir else None,
                     layer=max(run.objective.layers), pooler=run.objective.pooler)
 
+    items = plan_items(cfg.eval, target, split="dev") if cfg.eval.dev_tasks else {}
+    dist = run.dist
+
     def dev_metrics(model) -> dict[str, float]:
-        result = evaluate(model, run.tokenizer, cfg.eval, target, split="dev", prefix="dev")
+        part = score_shard(model, run.tokenizer, items, batch_size=cfg.eval.batch_size,
+                           shard=(dist.rank, dist.world_size))
+        parts = [part]
+        if dist.world_size > 1:
+            parts = [None] * dist.world_size
+            torch.distributed.all_gather_object(parts, part)
+        if dist.rank != 0:
+            return {}
+        result = evaluate(model, run.tokenizer, cfg.eval, target, split="dev", prefix="dev", items=items,
+                          scores=merge_shards(parts))
         return {k: v for k, v in result.metrics.items() if "/layer" not in k}
 
     return dev_metrics
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this worker so far: the GPU's allocated tensors, or on CPU the
+    process's peak resident set (model, optimizer, activations, and the Python runtime)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
 
 
 def summarise(window: list[dict], objective: Objective) -> dict[str, float]:

@@ -1,0 +1,410 @@
+"""Alignment-step throughput and memory, each against a baseline measured in the same run.
+
+    python benchmarks/alignment_step.py                          # CPU, the world's model shape
+    python benchmarks/alignment_step.py --model xglm-564m --device cuda --dtype bf16 --batch 4 --length 512
+
+What it measures (every number in its own subprocess, so peak memory is per measurement):
+
+1. The contrastive branch alone (InfoNCE over B pairs of exactly L tokens per side, forward +
+   backward), early exit on vs off, at layer 1 and at the middle layer of a 24-block model
+   (``--deep-model``, default ``deep-24``); and both sides in one forward vs one per side.
+2. The whole alignment step (contrastive + instruction LM loss, AdamW) on the synthetic
+   world's data: a plain single-process PyTorch loop vs xalign's loop on Ray Train (one
+   worker holding every CPU, or one GPU), both read at steady state: the median tokens/s
+   of 10-step windows after the first two. The ratio is the cost of Ray Train, reporting
+   and MLflow logging (a SQLite store) per step.
+3. Data: the share of the step spent collating micro-batches, and the padding that
+   ``data.group_by_length`` removes.
+4. The step at an exact shape (B rows of L tokens for each pair side and for the LM rows):
+   steps/s, tokens/s, and on a GPU the MFU, 6 x parameters x tokens/s over the GPU's bf16
+   peak (``--peak-tflops`` for GPUs not in the table), next to the paper's 7.55 steps/s for
+   XGLM-564M at batch 4 x 512 on one A800 (their number, not re-measured here).
+
+Models are built from a config with random weights (nothing is downloaded): ``tiny`` (the
+synthetic world's base-model shape), ``deep-24``, ``xglm-564m`` (XGLM-564M's shape), ``7b``
+(Llama-2-7B's shape), or ``--model-config config.json``. ``--json FILE`` writes every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # no "Loading weights" bars between the lines
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))   # run from a checkout without installing (the package wins when installed)
+
+#: Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device name.
+BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "A800": 312.0, "L40S": 362.1, "L4": 121.0,
+                    "A10G": 70.0, "A10": 125.0}
+PAPER = "the paper: 7.55 steps/s, XGLM-564M, batch 4 x 512, bf16, 1x A800 (their measurement)"
+
+
+def model_config(name: str, vocab: int):
+    from transformers import AutoConfig, LlamaConfig, XGLMConfig
+
+    if name.endswith(".json"):
+        cfg = AutoConfig.from_pretrained(str(Path(name).parent)) if Path(name).name == "config.json" else None
+        if cfg is None:
+            data = json.loads(Path(name).read_text())
+            cfg = AutoConfig.for_model(data.pop("model_type"), **data)
+        return cfg
+    llama = dict(vocab_size=vocab, num_key_value_heads=None, max_position_embeddings=2048)
+    presets = {
+        "tiny": lambda: LlamaConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                    intermediate_size=512, **llama),
+        "deep-24": lambda: LlamaConfig(hidden_size=128, num_hidden_layers=24, num_attention_heads=4,
+                                       intermediate_size=512, **llama),
+        "xglm-564m": lambda: XGLMConfig(vocab_size=256008, d_model=1024, num_layers=24, attention_heads=16,
+                                        ffn_dim=4096, max_position_embeddings=2048),
+        "7b": lambda: LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                                  intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096),
+    }
+    if name not in presets:
+        raise SystemExit(f"unknown --model {name!r}; presets: {', '.join(presets)}, or a config.json path")
+    cfg = presets[name]()
+    cfg.vocab_size = max(cfg.vocab_size, vocab)
+    return cfg
+
+
+# --- the pieces every measurement shares -------------------------------------------------
+
+def world_dir() -> Path:
+    from xalign.config.world import WorldConfig
+    from xalign.synthetic import ensure_world
+
+    return ensure_world(WorldConfig(), with_model=False)
+
+
+def saved_model(name: str, out: Path, tokenizer_dir: Path) -> Path:
+    """A random-init model of preset ``name`` saved (with the world's tokenizer) in ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model_config(name, len(tokenizer)))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def exact_batch(batch: int, length: int, vocab: int, *, lm: bool, seed: int = 0) -> dict:
+    """Pairs (and LM rows) of exactly ``length`` non-pad tokens: shapes, not language."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = lambda: torch.randint(3, vocab, (batch, length), generator=g)  # noqa: E731
+    ones = torch.ones(batch, length, dtype=torch.long)
+    out = {"src_input_ids": ids(), "src_attention_mask": ones, "tgt_input_ids": ids(), "tgt_attention_mask": ones}
+    if lm:
+        labels = ids()
+        labels[:, : length // 2] = -100                    # response-only loss on the second half
+        out.update(lm_input_ids=ids(), lm_labels=labels, lm_attention_mask=ones)
+    return out
+
+
+def windowed_rate(tokens: list[int], seconds: list[float], window: int = 10, skip: int = 2) -> float:
+    """Median tokens/s over windows of ``window`` steps, after ``skip`` warm-up windows."""
+    rates = [sum(tokens[i:i + window]) / sum(seconds[i:i + window])
+             for i in range(skip * window, len(tokens) - window + 1, window)]
+    return statistics.median(rates)
+
+
+# --- one measurement (run in a subprocess) -----------------------------------------------
+
+def measure(spec: dict) -> dict:
+    import torch
+
+    from xalign.objectives import AlignmentLossConfig, alignment_loss
+
+    device, kind = spec["device"], spec["kind"]
+    torch.manual_seed(0)
+    if kind == "plain" or kind == "data":
+        return measure_world_loop(spec)
+    if kind == "ray":
+        return measure_ray(spec)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(device).train()
+    base_memory = peak_memory_mb(device)
+    depth = model.config.get_text_config().num_hidden_layers
+    layer = {"first": 1, "middle": depth // 2}.get(spec.get("layer", "first"), 1)
+    lm = kind == "exact"
+    cfg = AlignmentLossConfig(contrastive_weight=1.0, lm_weight=1.5 if lm else 0.0, layers=(layer,),
+                              early_exit=spec.get("early_exit", True), fused_sides=spec.get("fused", True))
+    batch = {k: v.to(device) for k, v in exact_batch(spec["batch"], spec["length"], model.config.vocab_size,
+                                                     lm=lm).items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda") if lm else None
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if spec["dtype"] == "bf16" else None
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(spec["warmup"] + spec["steps"]):
+        synchronize(device)
+        start = time.perf_counter()
+        if autocast is not None:
+            with autocast:
+                loss, _ = alignment_loss(model, batch, cfg)
+        else:
+            loss, _ = alignment_loss(model, batch, cfg)
+        loss.backward()
+        if optimizer is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+        synchronize(device)
+        if i >= spec["warmup"]:
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    tokens = spec["batch"] * spec["length"] * (3 if lm else 2)
+    params = sum(p.numel() for p in model.parameters())
+    out = {"ms_per_step": 1000 * seconds, "steps_per_s": 1 / seconds, "tokens_per_s": tokens / seconds,
+           "layer": layer, "blocks": depth, "params": params,
+           "peak_memory_mb": peak_memory_mb(device) - (0 if device == "cuda" else base_memory)}
+    if lm and device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = spec.get("peak_tflops") or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+        if peak:
+            out.update(mfu=6 * params * out["tokens_per_s"] / (peak * 1e12), peak_tflops=peak)
+    return out
+
+
+def world_run_config(spec: dict, **extra):
+    from xalign.config import from_overrides
+    from xalign.config.schema import RunConfig
+
+    overrides = [f"model.name_or_path={spec['model_dir']}", f"optim.batch_size={spec['batch']}",
+                 f"data.max_length={spec['world_length']}", f"optim.max_steps={spec['warmup'] + spec['steps']}",
+                 "optim.lr=1e-4", "eval.tasks=[]", "objective.layer=1", "tracking.log_every_n_steps=10",
+                 f"model.dtype={spec['dtype']}", *[f"{k}={v}" for k, v in extra.items()]]
+    return from_overrides(RunConfig, overrides)
+
+
+def measure_world_loop(spec: dict) -> dict:
+    """The plain loop: the same model, data and loss as xalign's, no Ray, no reporting."""
+    import torch
+
+    from xalign.train.loop import Dist
+    from xalign.train.worker import setup_run
+
+    device = spec["device"]
+    cfg = world_run_config(spec, **({"data.group_by_length": "true"} if spec.get("grouped") else {}))
+    run = setup_run(cfg, spec["world_dir"], Dist(), torch.device(device))
+    base_memory = peak_memory_mb(device)
+    batches = run.batches()
+    if spec["kind"] == "data":       # padding, no model
+        pad = real = 0
+        for steps in (batches[s] for s in range(spec["warmup"] + spec["steps"])):
+            for b in steps:
+                for side in ("src", "tgt", "lm"):
+                    mask = b.get(f"{side}_attention_mask")
+                    if mask is not None and mask.ndim == 2:
+                        pad += int((mask == 0).sum())
+                        real += int(mask.sum())
+        return {"pad_share": pad / (pad + real)}
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, fused=device == "cuda")
+    from xalign.objectives import alignment_loss
+
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if spec["dtype"] == "bf16" else None
+    tokens, seconds, collate = [], [], []
+    for step in range(spec["warmup"] + spec["steps"]):
+        synchronize(device)
+        start = time.perf_counter()
+        micro = batches[step]
+        collate.append(time.perf_counter() - start)
+        micro = [{k: v.to(device) for k, v in b.items()} for b in micro]
+        optimizer.zero_grad(set_to_none=True)
+        for b in micro:
+            if autocast is not None:
+                with autocast:
+                    loss, _ = alignment_loss(run.model, b, run.objective)
+            else:
+                loss, _ = alignment_loss(run.model, b, run.objective)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        tokens.append(sum(run.data.count_tokens(b) for b in micro))
+    warm = slice(spec["warmup"], None)
+    return {"tokens_per_s": windowed_rate(tokens, seconds), "peak_memory_mb": peak_memory_mb(device) - base_memory,
+            "collate_share": sum(collate[warm]) / sum(seconds[warm]), "ms_per_step": 1000 * statistics.median(seconds)}
+
+
+def measure_ray(spec: dict) -> dict:
+    """xalign's own loop: `xalign train`'s driver, one Ray Train worker, metrics read back
+    from the run's MLflow store (train/wall_tokens_per_s per 10-step window)."""
+    from mlflow.tracking import MlflowClient
+
+    from xalign.train.driver import train
+
+    gpu = spec["device"] == "cuda"
+    tmp = Path(spec["tmp"])
+    cfg = world_run_config(spec, **{"tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+                                    "tracking.experiment": "bench", "checkpoint.every_n_steps": 0,
+                                    "checkpoint.storage_path": str(tmp / "ray_results"),
+                                    "scaling.cpus_per_worker": 1 if gpu else os.cpu_count() or 1,
+                                    **({"scaling.use_gpu": "true", "scaling.gpus_per_worker": 1} if gpu else {})})
+    result = train(cfg, name="bench")
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    history = sorted(client.get_metric_history(result.mlflow_run_id, "train/wall_tokens_per_s"), key=lambda m: m.step)
+    memory = client.get_metric_history(result.mlflow_run_id, "train/peak_memory_mb")
+    rates = [m.value for m in history if m.step > 2 * 10]
+    return {"tokens_per_s": statistics.median(rates), "windows": len(rates),
+            "peak_memory_mb": max(m.value for m in memory) if memory else math.nan}
+
+
+# --- orchestration -------------------------------------------------------------------------
+
+def run_one(spec: dict) -> dict:
+    """One measurement in a fresh process (its own peak memory), or in this one (--quick)."""
+    if spec.get("in_process"):
+        return json.loads(json.dumps(measure(spec)))
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"measurement {spec['kind']} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", help="tiny | deep-24 | xglm-564m | 7b | path/to/config.json")
+    p.add_argument("--deep-model", default="deep-24", help="the model of the early-exit measurements (24 blocks)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--batch", type=int, default=16, help="pairs and LM samples per step")
+    p.add_argument("--length", type=int, default=32, help="tokens per row of the exact-shape measurements")
+    p.add_argument("--world-length", type=int, default=64, help="data.max_length of the world-data loop")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
+    p.add_argument("--skip-ray", action="store_true", help="leave out xalign's Ray Train loop (30 s of start-up)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run in seconds: few steps, no Ray, one process (peak memory not per measurement)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(json.loads(args.one))))
+        return 0
+    if args.quick:
+        args.steps, args.warmup, args.skip_ray, args.batch, args.length = 30, 20, True, 4, 16
+    with tempfile.TemporaryDirectory(prefix="xa-bench-") as tmp:
+        world = world_dir()
+        models = {name: str(saved_model(name, Path(tmp) / name.replace("/", "_"), world / "tokenizer"))
+                  for name in dict.fromkeys([args.model, args.deep_model])}
+        common = {"device": args.device, "dtype": args.dtype, "batch": args.batch, "length": args.length,
+                  "steps": args.steps, "warmup": args.warmup, "world_dir": str(world), "tmp": tmp,
+                  "world_length": args.world_length, "peak_tflops": args.peak_tflops, "in_process": args.quick}
+        deep = {**common, "model_dir": models[args.deep_model], "steps": max(10, args.steps // 3),
+                "warmup": max(3, args.warmup // 4)}
+        main_model = {**common, "model_dir": models[args.model]}
+        results: dict = {"machine": machine(args.device), "model": args.model, "deep_model": args.deep_model,
+                         "args": {k: v for k, v in vars(args).items() if k not in ("one", "json")}}
+        print(f"machine: {results['machine']}")
+        print(f"models: {args.model} (step, loop, data), {args.deep_model} (early exit); batch {args.batch}, "
+              f"exact rows of {args.length} tokens, world data up to {args.world_length} tokens; "
+              f"{args.device} {args.dtype}")
+
+        print("\n1. contrastive branch (InfoNCE only, forward + backward), early exit on vs off")
+        for layer in ("first", "middle"):
+            on = run_one({**deep, "kind": "contrastive", "layer": layer, "early_exit": True})
+            off = run_one({**deep, "kind": "contrastive", "layer": layer, "early_exit": False})
+            ratio = off["ms_per_step"] / on["ms_per_step"]
+            results[f"early_exit_{layer}"] = {"on": on, "off": off, "ratio": ratio}
+            print(f"   layer {on['layer']} of {on['blocks']}: {on['ms_per_step']:.1f} ms on, {off['ms_per_step']:.1f} ms "
+                  f"off -> early exit {ratio:.1f}x cheaper; peak memory {on['peak_memory_mb']:.0f} vs "
+                  f"{off['peak_memory_mb']:.0f} MiB")
+        separate = run_one({**deep, "kind": "contrastive", "layer": "first", "fused": False})
+        fused = results["early_exit_first"]["on"]
+        results["fused_sides"] = {"fused": fused, "separate": separate,
+                                  "ratio": separate["ms_per_step"] / fused["ms_per_step"]}
+        print(f"   both sides in one forward: {fused['ms_per_step']:.1f} ms vs {separate['ms_per_step']:.1f} ms "
+              f"in two -> {results['fused_sides']['ratio']:.2f}x")
+
+        print("\n2. the alignment step on the world's data: a plain PyTorch loop vs xalign's loop on Ray Train")
+        plain = run_one({**main_model, "kind": "plain"})
+        results["plain_loop"] = plain
+        print(f"   plain loop: {plain['tokens_per_s']:,.0f} tokens/s, peak memory +{plain['peak_memory_mb']:.0f} MiB")
+        if not args.skip_ray:
+            ray_run = run_one({**main_model, "kind": "ray"})
+            ratio = ray_run["tokens_per_s"] / plain["tokens_per_s"]
+            results["xalign_ray"] = {**ray_run, "ratio": ratio}
+            print(f"   xalign on Ray Train: {ray_run['tokens_per_s']:,.0f} tokens/s ({ray_run['windows']} windows), "
+                  f"peak memory {ray_run['peak_memory_mb']:.0f} MiB (the worker process)")
+            print(f"   -> xalign's step runs at {100 * ratio:.1f}% of the plain loop's throughput "
+                  f"(target: at least 90%)")
+
+        print("\n3. data")
+        inline = run_one({**main_model, "kind": "data"})
+        grouped = run_one({**main_model, "kind": "data", "grouped": True})
+        results["data"] = {"padding": inline["pad_share"], "padding_grouped": grouped["pad_share"],
+                           "collate_share": plain["collate_share"]}
+        print(f"   collating the micro-batches in the loop: {100 * plain['collate_share']:.1f}% of a "
+              f"{plain['ms_per_step']:.1f} ms step (data.num_workers > 0 moves it to worker processes)")
+        print(f"   padding: {100 * inline['pad_share']:.1f}% of pair and LM positions, "
+              f"{100 * grouped['pad_share']:.1f}% with data.group_by_length "
+              f"({inline['pad_share'] / max(grouped['pad_share'], 1e-9):.1f}x less)")
+
+        print(f"\n4. the whole step at an exact shape: batch {args.batch} x {args.length} tokens per row")
+        exact = run_one({**main_model, "kind": "exact"})
+        results["exact_step"] = exact
+        line = (f"   {exact['steps_per_s']:.2f} steps/s, {exact['tokens_per_s']:,.0f} tokens/s, "
+                f"{exact['params'] / 1e6:.1f}M parameters, peak memory {exact['peak_memory_mb']:.0f} MiB")
+        if "mfu" in exact:
+            line += f", MFU {100 * exact['mfu']:.1f}% of {exact['peak_tflops']:.0f} TFLOP/s"
+        print(line)
+        if args.model == "xglm-564m" and args.batch == 4 and args.length == 512:
+            print(f"   ({PAPER})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())
