@@ -266,7 +266,7 @@ def test_batching_longest_first_and_input_order(wl_tokenizers):
     spans = {}
 
     def record(module, args, kwargs):
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))
         if kwargs["use_cache"] and past is None:
             return  # the prefix forward
         width = kwargs["input_ids"].shape[1] + (past.get_seq_length() if past is not None else 0)
@@ -295,7 +295,7 @@ def test_prefix_encoded_once_per_distinct_prefix(wl_tokenizers):
     prefix_lens = {1 + len(enc(DEMOS)), 1 + len(enc(HEADER))}
     calls = []
     hook = model.register_forward_pre_hook(
-        lambda m, args, kwargs: calls.append((tuple(kwargs["input_ids"].shape), kwargs.get("past_key_values"))),
+        lambda m, args, kwargs: calls.append((tuple(kwargs["input_ids"].shape), kwargs.get("cache", kwargs.get("past_key_values")))),
         with_kwargs=True)
     try:
         result = score_items_with_stats(model, tokenizer, items, batch_size=4)
@@ -326,7 +326,7 @@ def test_per_option_contexts_score_their_own_prompt_on_one_prefix_cache(kind, wl
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     calls = []
     hook = model.register_forward_pre_hook(
-        lambda m, args, kwargs: calls.append((tuple(kwargs["input_ids"].shape), kwargs.get("past_key_values"))),
+        lambda m, args, kwargs: calls.append((tuple(kwargs["input_ids"].shape), kwargs.get("cache", kwargs.get("past_key_values")))),
         with_kwargs=True)
     try:
         result = score_items_with_stats(model, tokenizer, items, batch_size=3)
@@ -349,6 +349,29 @@ def test_per_option_contexts_score_their_own_prompt_on_one_prefix_cache(kind, wl
                for it in winograd_items(DEMOS) for j, o in enumerate(it.options)]
     flat = [s for scores in result.scores[: len(WINOGRAD)] for s in scores]
     assert_scores_equal([[s] for s in flat], score_items(model, tokenizer, singles, batch_size=3), tol=1e-5)
+
+
+FIVE_SHOT = HEADER + "".join(q + a + "\n\n" for q, a in zip(QUESTIONS, (" yes", " no", "maybe not", " no", " yes")))
+
+
+@pytest.mark.parametrize("tokenizer_kind", ["wordlevel", "bpe"])
+def test_reuse_prefix_off_gives_the_same_scores(tokenizer_kind, wl_tokenizers, bpe):
+    """``reuse_prefix=False`` (every request from scratch, prefix tokens in its row) scores
+    as the cached prefix does, at batch size 1 and batched, on a 5-shot prefix; byte-level
+    BPE merges across the prefix boundary ("\\n\\n" + text) included."""
+    tokenizer = wl_tokenizers["right"] if tokenizer_kind == "wordlevel" else bpe
+    model = build_model("llama", len(tokenizer))
+    items = make_items(FIVE_SHOT) + winograd_items(FIVE_SHOT) + make_items(HEADER, task="h")
+    runs = {(reuse, size): score_items_with_stats(model, tokenizer, items, batch_size=size, reuse_prefix=reuse)
+            for reuse in (True, False) for size in (1, 4)}
+    for result in runs.values():
+        assert_scores_equal(result.scores, runs[(True, 4)].scores, tol=1e-4)
+    assert_scores_equal(runs[(False, 1)].scores, reference_scores(model, tokenizer, items, [tokenizer.bos_token_id]))
+    on, off = runs[(True, 4)].stats, runs[(False, 4)].stats
+    assert on.prefixes == 2 and on.cached == on.requests
+    assert (on.boundary_merges > 0) == (tokenizer_kind == "bpe")
+    assert off.prefixes == off.cached == off.boundary_merges == off.fallbacks == 0
+    assert off.requests == on.requests and off.tokens_run > on.tokens_run  # the prefix is run per row
 
 
 def test_eval_item_contexts_rules():

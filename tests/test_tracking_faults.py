@@ -99,3 +99,29 @@ def test_secrets_are_masked_in_params_tags_and_artifacts(server, monkeypatch):
     texts += [client.download_artifacts(run_id, a.path) for a in client.list_artifacts(run_id)]
     texts = [open(t).read() if t.startswith("/") else t for t in texts]
     assert not [t for t in texts if secret in t]
+
+
+def test_the_background_logger_never_waits_for_the_store_and_loses_nothing(tmp_path):
+    from tests.support.processes import free_port
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = TrackingConfig(tracking_uri=uri, experiment="background")
+    run_id = tracking.start_run(cfg, run_name="bg", params={}, config_yaml="{}\n")
+    logger = tracking.BackgroundMetricLogger(uri, run_id)
+    for step in range(1, 31):
+        assert logger.log({"loss": float(step), "lr": 0.1}, step=step)
+    (tmp_path / "ckpt").mkdir()
+    logger.save_unsent(tmp_path / "ckpt")          # sends what is pending first: nothing left to keep
+    assert tracking.read_unsent(tmp_path / "ckpt") == []
+    assert history(uri, run_id, "loss") == [(s, float(s)) for s in range(1, 31)]   # each step once
+
+    down = tracking.BackgroundMetricLogger(f"http://127.0.0.1:{free_port()}", run_id)   # nothing listens
+    start = time.monotonic()
+    for step in range(1, 4):
+        down.log({"loss": float(step)}, step=step)
+    assert time.monotonic() - start < 0.5           # queued: the step did not wait for the store
+    (tmp_path / "ckpt2").mkdir()
+    down.save_unsent(tmp_path / "ckpt2")           # one more try, then kept with the checkpoint
+    assert [(k, v, s) for k, v, _, s in tracking.read_unsent(tmp_path / "ckpt2")] == \
+        [("loss", 1.0, 1), ("loss", 2.0, 2), ("loss", 3.0, 3)]
+    assert len(down.pending) == 3                   # and still pending, for when the store is back

@@ -269,6 +269,71 @@ class MetricLogger:
         return len(saved)
 
 
+class BackgroundMetricLogger(MetricLogger):
+    """A MetricLogger whose sends run on a thread, so training never waits for the store
+    (a log_batch to SQLite took 25 ms here, 9% of a 10-step logging window of the world's
+    model). The guarantees are the same: a transient failure keeps the metrics pending,
+    retried at the next ``log``; ``save_unsent`` first tries one send (waiting for one in
+    flight), then saves what is still pending with the checkpoint; a non-transient error
+    is raised at the next ``log``."""
+
+    def __init__(self, uri: str, run_id: str):
+        import threading
+
+        super().__init__(uri, run_id)
+        self._lock = threading.Lock()        # guards pending
+        self._sending = threading.Lock()     # one send at a time
+        self._wake = threading.Event()
+        self._error: Optional[BaseException] = None
+        threading.Thread(target=self._run, name="xalign-metrics", daemon=True).start()
+
+    def log(self, metrics: Mapping[str, float], *, step: int) -> bool:
+        """Queue ``metrics`` for the thread; True (they are sent, or kept, later)."""
+        if self._error is not None:
+            raise self._error
+        now = int(time.time() * 1000)
+        with self._lock:
+            self.pending += [(k, float(v), now, int(step)) for k, v in sorted(metrics.items())]
+        self._wake.set()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            self.send_now()
+
+    def send_now(self) -> None:
+        """One send of everything pending, now (waiting for one in flight)."""
+        with self._sending:
+            try:
+                self._send()
+            except Exception as exc:  # noqa: BLE001  (transient: kept, tried at the next log)
+                if not is_transient(exc):
+                    self._error = exc
+
+    def _send(self) -> None:
+        from mlflow.entities import Metric
+
+        while True:
+            with self._lock:
+                batch = self.pending[:1000]
+            if not batch:
+                return
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v, ts, step in batch])
+            with self._lock:
+                del self.pending[:len(batch)]
+
+    def flush(self, *, retry_seconds: float) -> None:
+        with self._sending:
+            super().flush(retry_seconds=retry_seconds)
+
+    def save_unsent(self, directory: Path) -> None:
+        self.send_now()
+        with self._sending, self._lock:
+            super().save_unsent(directory)
+
+
 def read_unsent(directory: Path) -> list[tuple[str, float, int, int]]:
     path = Path(directory) / UNSENT_FILE
     if not path.is_file():

@@ -19,15 +19,26 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-def kill_a_worker_after(checkpoint_dir_glob: str, root: Path, killed: list, stop: threading.Event,
-                        address: str) -> None:
-    """Once a checkpoint directory appears (so the one before it is registered with Ray),
-    SIGKILL one live RayTrainWorker of this cluster (named by address: other Ray instances
-    may run on the machine)."""
+def registered(run_dir: Path, name: str) -> bool:
+    """Ray Train's controller has registered checkpoint ``name`` (its snapshot lists it): a
+    restart resumes from it. A checkpoint folder alone is not enough: the controller takes
+    a worker's report only when it polls (every 2 s), and steps here take ~50 ms."""
+    import json
+
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(r.get("checkpoint_dir_name") == name for r in snapshot.get("checkpoint_results", []))
+
+
+def kill_a_worker_after(checkpoint: str, run_dir: Path, killed: list, stop: threading.Event, address: str) -> None:
+    """Once ``checkpoint`` is registered, SIGKILL one live RayTrainWorker of this cluster
+    (named by address: other Ray instances may run on the machine)."""
     from ray.util.state import list_actors
 
     while not stop.is_set():
-        if list(root.glob(checkpoint_dir_glob)):
+        if registered(run_dir, checkpoint):
             actors = list_actors(address=address,
                                  filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
             if actors:
@@ -50,7 +61,7 @@ def test_train_two_workers_logs_to_mlflow_and_resumes_after_a_worker_is_killed(
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=kill_a_worker_after,
-                              args=("kill-test/step_0000040", storage, killed, stop,
+                              args=("step_0000040", storage / "kill-test", killed, stop,
                                     ray_cluster.address_info["gcs_address"]), daemon=True)
     killer.start()
     try:

@@ -272,7 +272,8 @@ class OptimConfig(Section):
 
 class TrackingConfig(Section):
     enabled: bool = True
-    #: Report (to Ray and MLflow) every N optimizer steps; checkpoints report too.
+    #: Log the step metrics to MLflow every N optimizer steps (rank 0). Ray (and Tune) get
+    #: a report at each periodic evaluation and checkpoint only.
     log_every_n_steps: PositiveInt = 10
     #: None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.
     tracking_uri: Optional[str] = None

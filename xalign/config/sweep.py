@@ -271,8 +271,11 @@ def periodic_metrics(run: RunConfig) -> set[str]:
     """What every periodic report of a trial carries, for ASHA to compare."""
     from xalign.eval.run import evaluates_world
 
+    # Trials report to Ray (and so to Tune) at evaluations and checkpoints only.
+    if not (run.eval.every_n_steps or run.checkpoint.every_n_steps):
+        return set()
     names = {"train/loss", "train/loss_contrastive", "train/loss_lm"}
-    if run.eval.tasks and (run.eval.every_n_steps or run.checkpoint.every_n_steps):   # dev evals at both
+    if run.eval.tasks:   # a dev evaluation at both
         if run.eval.dev_tasks:
             names |= {f"dev/{m}" for m in ("acc", "acc_pivot", "acc_non_pivot", "gap")}
             names |= {f"dev/{task}/gap" for task in run.eval.tasks}
@@ -297,8 +300,8 @@ def asha_problems(sweep: SweepConfig, base: RunConfig, where: dict[str, str]) ->
     per_lang = len(parts) == 4 and parts[0] == "dev" and parts[3] == "acc" and parts[1] in base.eval.tasks         and base.eval.dev_tasks and base.eval.every_n_steps > 0
     if metric in periodic or per_lang:
         return []
-    if metric.startswith(("dev/", "align/")) and not (base.eval.every_n_steps or base.checkpoint.every_n_steps):
-        why = ("eval.every_n_steps and checkpoint.every_n_steps are 0, so trials report no periodic evaluation; "
+    if not (base.eval.every_n_steps or base.checkpoint.every_n_steps):
+        why = ("eval.every_n_steps and checkpoint.every_n_steps are 0, so trials report nothing before the end; "
                "set eval.every_n_steps (e.g. 50)")
     elif metric.startswith(("dev/", "align/")) and not base.eval.tasks:
         why = "eval.tasks is empty, so trials run no evaluation"

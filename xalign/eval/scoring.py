@@ -12,6 +12,8 @@ over the request ``(prompt_j, options[j])`` (in multiple-input mode lm-eval's re
 header + k demonstrations) is run through the model once per distinct prefix string and
 its KV cache is reused by every item and option that shares it, whatever the option's
 context. The released AFP code recomputed a 5-shot prefix for every option.
+``reuse_prefix=False`` turns the cache off: every request is run from scratch, prefix
+tokens included in its row, with the same scores (for benchmarks/icl_scoring.py).
 
 Tokenisation (lm-eval 0.4.13 rules; ``enc`` = tokenizer without special tokens)
 -------------------------------------------------------------------------------
@@ -159,9 +161,13 @@ def score_items(
     *,
     batch_size: int = 16,
     add_bos: bool | None = None,
+    reuse_prefix: bool = True,
 ) -> list[list[OptionScore]]:
-    """One ``OptionScore`` per option of every item, in input order (see module doc)."""
-    return score_items_with_stats(model, tokenizer, items, batch_size=batch_size, add_bos=add_bos).scores
+    """One ``OptionScore`` per option of every item, in input order (see module doc).
+    ``reuse_prefix=False`` scores every request from scratch (same scores, slower)."""
+    return score_items_with_stats(
+        model, tokenizer, items, batch_size=batch_size, add_bos=add_bos, reuse_prefix=reuse_prefix
+    ).scores
 
 
 def score_items_with_stats(
@@ -171,8 +177,13 @@ def score_items_with_stats(
     *,
     batch_size: int = 16,
     add_bos: bool | None = None,
+    reuse_prefix: bool = True,
 ) -> ScoringResult:
-    """``score_items`` plus the ``ScoringStats`` of the call (fallbacks, prefix forwards)."""
+    """``score_items`` plus the ``ScoringStats`` of the call (fallbacks, prefix forwards).
+
+    ``reuse_prefix=False``: no prefix cache; every request's row holds all its tokens,
+    prefix included (batching and row sharing unchanged). The scores are the same; it
+    exists to measure what the prefix cache saves (benchmarks/icl_scoring.py)."""
     if batch_size < 1:
         raise ValueError(f"batch_size >= 1 must hold, got batch_size={batch_size}")
     items = list(items)
@@ -188,7 +199,7 @@ def score_items_with_stats(
     _check_lengths(model, items, requests)
 
     # one cache per distinct prefix, shared by every option of its items (own contexts or not)
-    prefix_ids = {item.prefix: tuple(lead) + encode(item.prefix) for item in items if item.prefix}
+    prefix_ids = {item.prefix: tuple(lead) + encode(item.prefix) for item in items if item.prefix and reuse_prefix}
     plan = _plan(items, requests, prefix_ids, stats)
 
     results: list[list[OptionScore | None]] = [[None] * len(item.options) for item in items]
@@ -387,12 +398,23 @@ def _takes_positions(model: nn.Module) -> bool:
     return "position_ids" in inspect.signature(model.forward).parameters
 
 
+def _cache_argument(model: nn.Module) -> str:
+    """The forward's name for the KV cache: ``cache`` from transformers 5.2x on (which
+    warns that ``past_key_values`` goes in 5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def _forward(model: nn.Module, input_ids, attention_mask, start: int, past=None):
     """One forward; ``position_ids`` start at ``start`` (the cached length) when the model
     takes them. Right padding, so every row's positions are start, start + 1, ..."""
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": past is not None}
     if past is not None:
-        inputs["past_key_values"] = past
+        inputs[_cache_argument(model)] = past
     if _takes_positions(model):
         length = input_ids.shape[1]
         positions = torch.arange(start, start + length, device=input_ids.device)
@@ -430,7 +452,7 @@ class _PrefixCache:
         stats.prefix_tokens += len(ids)
         stats.tokens_run += len(ids)
         last = {n: out.logits[0, n - 1].float().log_softmax(-1) for n in lengths}
-        return cls(out.past_key_values, len(ids), last)
+        return cls(_cache_of(out), len(ids), last)
 
     def for_batch(self, batch: int, length: int):
         """A fresh copy of the first ``length`` cached tokens with ``batch`` rows. The stored

@@ -242,11 +242,11 @@ def train_loop_per_worker(config: dict) -> None:
         if start_step:
             log.info("[xalign] resuming from the checkpoint at step %d", start_step)
         if config.get("mlflow_run_id"):
-            from xalign.tracking import MetricLogger
+            from xalign.tracking import BackgroundMetricLogger
 
             from xalign.data import mix_metrics
 
-            logger = MetricLogger(config["mlflow_uri"], config["mlflow_run_id"])
+            logger = BackgroundMetricLogger(config["mlflow_uri"], config["mlflow_run_id"])
             logger.pending[:0] = unsent
             logger.log(mix_metrics(run.data.stats), step=start_step)   # the realised data mix
             tag_node(cfg, config["mlflow_run_id"])   # which Ray node ran this (trial's) run
@@ -268,6 +268,8 @@ def train_loop_per_worker(config: dict) -> None:
                 from xalign import storage
 
                 storage.write_text(storage.join(config["storage_path"], NONFINITE_FILE), json.dumps(report))
+            if logger is not None:
+                logger.send_now()         # the windows before the stop, queued for the store
             ray.train.report(report)
             return
         window.append(metrics)
@@ -291,7 +293,12 @@ def train_loop_per_worker(config: dict) -> None:
         if logger is not None:
             logger.log(report, step=done)
         if not save:
-            ray.train.report(report)
+            # Ray hears of evaluations (Tune and ASHA read them) and checkpoints only: a report
+            # waits until Ray Train's controller has taken the previous one, and it polls every
+            # 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), which stalled short steps 5x when every
+            # logging window reported. The windows go to MLflow, from rank 0, above.
+            if dev_eval:
+                ray.train.report(report)
             continue
         name = f"step_{done:07d}"
         saving = time.perf_counter()
