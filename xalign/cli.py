@@ -76,11 +76,26 @@ def _cmd_world_build(args: argparse.Namespace) -> int:
     return 0
 
 
+class Stopped(SystemExit):
+    """SIGTERM (`ray job stop`, a scheduler's preemption): unwinds like Ctrl-C so runs are
+    ended KILLED before the process goes (Ray sends SIGKILL a few seconds later)."""
+
+
+def _stop_on_sigterm() -> None:
+    import signal
+
+    def stop(signum, frame):
+        raise Stopped(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from xalign.config import load_run
     from xalign.train.driver import train
 
     cfg = load_run(args.file, args.overrides)
+    _stop_on_sigterm()
     result = train(cfg)
     losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("train/loss"))
     print(f"Finished {result.steps} steps: {losses}")
@@ -129,6 +144,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from xalign.config.sweep import load_sweep
 
     sweep = load_sweep(args.file, args.overrides)
+    _stop_on_sigterm()
     from xalign.sweep.report import summary
     from xalign.sweep.runner import run_sweep
 

@@ -147,6 +147,13 @@ def find_run(cfg: TrackingConfig, tags: Mapping[str, str]) -> Optional[str]:
     return runs[0].info.run_id if runs else None
 
 
+def reopen_run(cfg: TrackingConfig, run_id: str) -> None:
+    """Set an ended run (a resumed sweep's parent) RUNNING again."""
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    with_retries("reopening a run", uri, cfg.retry_seconds, lambda: client.update_run(run_id, status="RUNNING"))
+
+
 def child_runs(cfg: TrackingConfig, parent_run_id: str, phase: str) -> list[tuple[str, str, str]]:
     """(run id, trial id, status) of a sweep's child runs in ``phase``."""
     client = _client(tracking_uri(cfg))

@@ -10,7 +10,7 @@ demo sweep submitted with `ray job submit --working-dir`.
 - a checkpoint folder that only the head node has is refused before any trial, with
   xalign's message: the second node runs in its own mount namespace, where that folder is
   an empty tmpfs;
-- `ray job stop` stops a running sweep: the job ends STOPPED, and its trials' actors (on
+- `ray job stop` stops a running sweep: its MLflow runs end KILLED, the job ends STOPPED, and its trials' actors (on
   both nodes) and placement groups are gone within a minute.
 
 The nodes are stopped by their process-group ids (never `ray stop`, which would stop every
@@ -372,3 +372,9 @@ def test_stopping_the_job_stops_its_trials(cluster, tiny_world_overrides):
     detached = sorted(a.class_name for a in c.alive("actors", job_id=job_id))
     print(f"\njob stop: no actor of job {job_id} alive {time.monotonic() - stopped:.0f}s after `ray job stop` "
           f"returned (detached: {detached or 'none'})")
+
+    # The driver took the SIGTERM of `ray job stop` and ended its runs: none left RUNNING,
+    # each saying how to go on.
+    runs = client.search_runs([client.get_experiment_by_name("mn-stop").experiment_id])
+    assert runs and all(r.info.status == "KILLED" and "--resume" in r.data.tags.get("xalign.stopped", "")
+                        for r in runs), [(r.info.run_name, r.info.status) for r in runs]

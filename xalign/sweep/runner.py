@@ -132,8 +132,11 @@ def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: st
         return None
     from xalign import storage, tracking
 
-    if storage.exists(state_path):
-        return json.loads(storage.read_text(state_path))["parent_run_id"]
+    if storage.exists(state_path):   # --resume: the same parent run, open again
+        run_id = json.loads(storage.read_text(state_path))["parent_run_id"]
+        if run_id is not None:
+            tracking.reopen_run(sweep.tracking, run_id)
+        return run_id
     space = {f"search.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in sweep.search.items()}
     run_id = tracking.start_run(sweep.tracking, run_name=name, params={**space, **flatten(sweep.tune, "tune")},
                                 config_yaml=yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False),
@@ -216,6 +219,39 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     storage.check_shared(root)        # every node can write it, and sees the same files
     parent = _open_parent(sweep, name, sweep_file, state_path)
     storage.write_text(state_path, json.dumps({"parent_run_id": parent, "name": name}) + "\n")
+    try:
+        return _run_phases(sweep, base_cfg, world_dir, name=name, path=path, parent=parent,
+                           max_concurrent=max_concurrent, resume=resume)
+    except BaseException as exc:    # SIGTERM (ray job stop), Ctrl-C, an error: no run left RUNNING
+        if parent is not None and not isinstance(exc, Exception):
+            _mark_stopped(sweep, parent, exc)
+        raise
+
+
+def _mark_stopped(sweep: SweepConfig, parent: str, exc: BaseException) -> None:
+    """The sweep's runs still RUNNING end KILLED, tagged with how to go on. Best effort: the
+    process is going (Ray sends SIGKILL seconds after SIGTERM)."""
+    from xalign import tracking
+
+    why = {"xalign.stopped": f"the sweep driver stopped ({type(exc).__name__}); "
+                             "`xalign sweep FILE --name NAME --resume` continues it"}
+    try:
+        for phase in ("search", "confirm"):
+            for run_id, _trial, status in tracking.child_runs(sweep.tracking, parent, phase):
+                if status == "RUNNING":
+                    tracking.set_tags(sweep.tracking, run_id, why)
+                    tracking.end_run(sweep.tracking, run_id, status="KILLED")
+        tracking.set_tags(sweep.tracking, parent, why)
+        tracking.end_run(sweep.tracking, parent, status="KILLED")
+    except Exception:  # noqa: BLE001  (the store may be what failed; the runs stay as they are)
+        pass
+
+
+def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str, path: str, parent: Optional[str],
+                max_concurrent: int, resume: bool) -> SweepResult:
+    """The search phase, then the confirmation phase; the parent run closed at the end."""
+    from xalign import storage
+
     base_metrics = evaluate_base_model(base_cfg, world_dir, path, parent)
     # The starting model is the same for every trial: evaluated once above, not per trial.
     base = base_cfg.model_copy(update={"eval": base_cfg.eval.model_copy(update={"baseline": False})}).model_dump(
