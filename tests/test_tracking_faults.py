@@ -125,3 +125,29 @@ def test_the_background_logger_never_waits_for_the_store_and_loses_nothing(tmp_p
     assert [(k, v, s) for k, v, _, s in tracking.read_unsent(tmp_path / "ckpt2")] == \
         [("loss", 1.0, 1), ("loss", 2.0, 2), ("loss", 3.0, 3)]
     assert len(down.pending) == 3                   # and still pending, for when the store is back
+
+
+def test_masking_secrets_survives_another_thread_changing_the_environment():
+    """MLflow's telemetry thread sets and removes a variable while runs start: reading the
+    environment for secrets must not fail (it did: KeyError in 2 of 8 demo trials)."""
+    import os
+    import threading
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            os.environ["XALIGN_TEST_CHURN"] = "x" * 16
+            os.environ.pop("XALIGN_TEST_CHURN", None)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    os.environ["XALIGN_TEST_API_KEY"] = "sk-planted-0123456789"
+    thread.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert tracking.redact("key sk-planted-0123456789") == "key ***"
+    finally:
+        stop.set()
+        thread.join()
+        os.environ.pop("XALIGN_TEST_API_KEY", None)

@@ -89,8 +89,20 @@ _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACC
 def secret_values() -> list[str]:
     """Values of environment variables whose names say they are secrets (long enough to
     be matched safely), longest first."""
-    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8}
+    values = {v for k, v in environment().items() if _SECRET_NAME.search(k) and len(v) >= 8}
     return sorted(values, key=len, reverse=True)
+
+
+def environment() -> dict[str, str]:
+    """A copy of os.environ. Iterating os.environ itself raises KeyError when another
+    thread removes a variable meanwhile (MLflow's telemetry thread does: it failed 2 of 8
+    demo trials at start_run), so copy, and copy again if that happens."""
+    for _ in range(20):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+    return dict(os.environ)
 
 
 def redact(text: str) -> str:

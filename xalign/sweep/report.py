@@ -67,7 +67,7 @@ def comparison(result, base: dict) -> str:
 
 def compute_line(use: dict, scheduler: str) -> str:
     """How much of the search ran, against every trial run to the end (ASHA's saving)."""
-    if not use.get("steps_full"):
+    if not use.get("steps_full") or scheduler == "fifo":   # fifo runs every trial to the end
         return ""
     return (f"Compute: {scheduler} ran {use['steps_run']:.0f} of {use['steps_full']:.0f} trial steps "
             f"({100 * use['compute_saved']:.0f}% saved against running every trial to the end; "
