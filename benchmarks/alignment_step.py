@@ -32,7 +32,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,8 +43,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # no "Loading weights" bars between the lines
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))   # run from a checkout without installing (the package wins when installed)
 
 #: Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device name.
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "A800": 312.0, "L40S": 362.1, "L4": 121.0,
@@ -103,11 +100,12 @@ def saved_model(name: str, out: Path, tokenizer_dir: Path) -> Path:
 
 
 def peak_memory_mb(device: str) -> float:
+    """What xalign's workers report as train/peak_memory_mb, for the same device."""
     import torch
 
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+    from xalign.train.worker import peak_memory_mb as worker_peak
+
+    return worker_peak(torch.device(device))
 
 
 def synchronize(device: str) -> None:
