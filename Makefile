@@ -33,7 +33,7 @@ install-test: $(VENV)/.installed-test
 # The demo sweep (it builds the synthetic world and its base model first when absent); a new
 # name per run, so `make demo` can be run again (`xalign report <name>` reads one back).
 demo: $(VENV)/.installed
-	$(VENV)/bin/xalign sweep sweeps/demo.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
+	$(VENV)/bin/xalign sweep configs/sweeps/demo.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -142,7 +142,8 @@ def windowed_rate(tokens: list[int], seconds: list[float], window: int = 10, ski
 def measure(spec: dict) -> dict:
     import torch
 
-    from xalign.objectives import AlignmentLossConfig, alignment_loss
+    from xalign.config.schema import ObjectiveConfig
+    from xalign.objectives import alignment_loss
 
     device, kind = spec["device"], spec["kind"]
     torch.manual_seed(0)
@@ -157,8 +158,8 @@ def measure(spec: dict) -> dict:
     depth = model.config.get_text_config().num_hidden_layers
     layer = {"first": 1, "middle": depth // 2}.get(spec.get("layer", "first"), 1)
     lm = kind == "exact"
-    cfg = AlignmentLossConfig(contrastive_weight=1.0, lm_weight=1.5 if lm else 0.0, layers=(layer,),
-                              early_exit=spec.get("early_exit", True), fused_sides=spec.get("fused", True))
+    cfg = ObjectiveConfig(contrastive_weight=1.0, lm_weight=1.5 if lm else 0.0, layer=layer,
+                          early_exit=spec.get("early_exit", True), fused_sides=spec.get("fused", True))
     batch = {k: v.to(device) for k, v in exact_batch(spec["batch"], spec["length"], model.config.vocab_size,
                                                      lm=lm).items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda") if lm else None
@@ -211,8 +212,8 @@ def measure_world_loop(spec: dict) -> dict:
     """The plain loop: the same model, data and loss as xalign's, no Ray, no reporting."""
     import torch
 
-    from xalign.train.loop import Dist
-    from xalign.train.worker import setup_run
+    from xalign.optim import Dist
+    from xalign.train.setup import setup_run
 
     device = spec["device"]
     cfg = world_run_config(spec, **({"data.group_by_length": "true"} if spec.get("grouped") else {}))
@@ -245,9 +246,9 @@ def measure_world_loop(spec: dict) -> dict:
         for b in micro:
             if autocast is not None:
                 with autocast:
-                    loss, _ = alignment_loss(run.model, b, run.objective)
+                    loss, _ = alignment_loss(run.model, b, run.cfg.objective, temperature=run.temperature)
             else:
-                loss, _ = alignment_loss(run.model, b, run.objective)
+                loss, _ = alignment_loss(run.model, b, run.cfg.objective, temperature=run.temperature)
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -153,7 +153,7 @@ def prepare_workdir(work: Path, n_items: int, n_dev: int) -> None:
 
 def load_items(work: Path, shots: int):
     from xalign.config.eval import TaskSourceConfig
-    from xalign.eval.tasks import build_items
+    from xalign.eval.task_items import build_items
 
     source = TaskSourceConfig.model_validate({"dev": f"{work}/{{lang}}/dev.jsonl",
                                               "test": f"{work}/{{lang}}/test.jsonl"})

@@ -26,7 +26,7 @@ import pytest
 from xalign.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = str(REPO / "sweeps" / "afp-synthetic.yaml")
+RUN = str(REPO / "configs" / "runs" / "afp-synthetic.yaml")
 
 
 @dataclass

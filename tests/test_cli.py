@@ -49,12 +49,12 @@ def test_world_build_cli_builds_then_reuses(tmp_path):
 
 
 def test_train_with_a_bad_config_fails_before_starting_anything(tmp_path):
-    res = xalign("train", str(REPO / "sweeps/afp-synthetic.yaml"), "objective.temperature=0",
+    res = xalign("train", str(REPO / "configs/runs/afp-synthetic.yaml"), "objective.temperature=0",
                  "objective.pooler=avg", cwd=tmp_path)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "`objective.temperature`: must be > 0, got 0" in res.stderr
     assert "Unknown pooler 'avg'. Did you mean 'mean'?" in res.stderr
     # Cross-field rules run once the fields they read are valid.
-    res = xalign("train", str(REPO / "sweeps/afp-synthetic.yaml"), "optim.batch_size=1", cwd=tmp_path)
+    res = xalign("train", str(REPO / "configs/runs/afp-synthetic.yaml"), "optim.batch_size=1", cwd=tmp_path)
     assert res.returncode == 1 and "at least 2 pairs in the global batch" in res.stderr
     assert list(tmp_path.iterdir()) == []          # no mlflow.db, no ray_results

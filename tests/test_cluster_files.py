@@ -159,7 +159,7 @@ def test_rayjob_entrypoint_is_a_valid_sweep_and_submitter_has_the_token():
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:2] == ["xalign", "sweep"], argv
     sweep, overrides = argv[2], argv[3:]
-    assert re.fullmatch(r"sweeps/[\w.-]+\.yaml", sweep) and (REPO / sweep).exists(), sweep
+    assert re.fullmatch(r"configs/sweeps/[\w.-]+\.yaml", sweep) and (REPO / sweep).exists(), sweep
     load_sweep(REPO / sweep, overrides)  # raises ConfigError listing every problem
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert set(runtime_env) <= ray.runtime_env.RuntimeEnv.known_fields
@@ -224,7 +224,7 @@ def test_readme_commands_name_files_that_exist():
         for i, w in enumerate(words):
             w = w.strip("'\"")
             in_xalign_command = "xalign" in words[:i]
-            names_a_repo_file = re.fullmatch(r"(cluster|sweeps|tests)/[\w./-]+", w)
+            names_a_repo_file = re.fullmatch(r"(cluster|configs|tests)/[\w./-]+", w)
             if "<" in w or not (names_a_repo_file or (in_xalign_command and w.endswith((".yaml", ".yml")))):
                 continue
             assert (REPO / w).exists(), f"cluster/README.md: `{line}` names {w}, which does not exist"
@@ -236,7 +236,7 @@ def test_readme_sweep_commands_validate():
     from xalign.config.sweep import load_sweep
 
     for line in _code_lines((CLUSTER / "README.md").read_text()):
-        m = re.search(r"xalign sweep (sweeps/[\w.-]+\.yaml)((?: [\w.]+=\S+)*)", line)
+        m = re.search(r"xalign sweep (configs/sweeps/[\w.-]+\.yaml)((?: [\w.]+=\S+)*)", line)
         if m:
             load_sweep(REPO / m.group(1), m.group(2).split())
 
@@ -301,7 +301,7 @@ def test_working_dir_upload_is_small_and_has_the_package(tmp_path):
     files = _package(REPO, tmp_path / "pkg.zip")
     zipped = (tmp_path / "pkg.zip").stat().st_size
     assert zipped < 5 * 2**20, f"the job upload is {zipped / 2**20:.1f} MiB"
-    for needed in ("pyproject.toml", "xalign/cli.py", "sweeps/demo.yaml", "cluster/runtime_env.yaml"):
+    for needed in ("pyproject.toml", "xalign/cli.py", "configs/sweeps/demo.yaml", "cluster/runtime_env.yaml"):
         assert needed in files, f"{needed} missing from the upload"
     tops = {name.split("/")[0] for name in files}
     assert not tops & {".git", ".venv", "venv", "worlds", "mlruns", "mlartifacts", "ray_results", "mlflow.db"}
@@ -313,7 +313,7 @@ def test_working_dir_upload_is_small_and_has_the_package(tmp_path):
 
 def test_rayignore_leaves_out_run_outputs_caches_and_environments(tmp_path):
     root = tmp_path / "repo"
-    for kept in ("pyproject.toml", "xalign/cli.py", "sweeps/demo.yaml", "notebooks/compare_runs.ipynb"):
+    for kept in ("pyproject.toml", "xalign/cli.py", "configs/sweeps/demo.yaml", "notebooks/compare_runs.ipynb"):
         (root / kept).parent.mkdir(parents=True, exist_ok=True)
         (root / kept).write_text("x")
     left_out = [".venv/lib/big.so", "worlds/w/model.safetensors", "mlruns/0/meta.yaml", "mlflow.db",
@@ -330,7 +330,7 @@ def test_rayignore_leaves_out_run_outputs_caches_and_environments(tmp_path):
     create_package(str(root), tmp_path / "p.zip", include_gitignore=False, excludes=[])
     with zipfile.ZipFile(tmp_path / "p.zip") as z:
         names = set(z.namelist())
-    assert {"pyproject.toml", "xalign/cli.py", "sweeps/demo.yaml", "notebooks/compare_runs.ipynb"} <= names
+    assert {"pyproject.toml", "xalign/cli.py", "configs/sweeps/demo.yaml", "notebooks/compare_runs.ipynb"} <= names
     leaked = [n for n in left_out if n in names]
     assert not leaked, f".rayignore lets these through: {leaked}"
 

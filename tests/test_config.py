@@ -12,7 +12,7 @@ from xalign.config import ConfigError, RunConfig, flatten, load_run
 from xalign.config.loader import parse_scalar
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEPS = sorted((REPO / "sweeps").glob("**/*.yaml"))
+SWEEPS = sorted((REPO / "configs").glob("**/*.yaml"))
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -50,7 +50,7 @@ def test_every_yaml_under_sweeps_validates(path):
 
 
 def test_sweeps_folder_is_not_empty():
-    assert SWEEPS, "sweeps/ must hold at least one run config"
+    assert SWEEPS, "configs/ must hold at least one run config"
 
 
 def test_defaults_are_the_released_recipe(tmp_path):
@@ -214,7 +214,7 @@ def test_cli_debug_shows_the_traceback(tmp_path):
 def test_asha_compares_the_dev_counterpart_or_the_named_proxy(tmp_path):
     from xalign.config.sweep import load_sweep
 
-    run = REPO / "sweeps" / "afp-synthetic.yaml"
+    run = REPO / "configs" / "runs" / "afp-synthetic.yaml"
     path = write(tmp_path, "s.yaml", f"extends: {run}\neval: {{every_n_steps: 50}}\ntune: {{scheduler: asha}}\n")
     assert load_sweep(path).tune.asha() == ("dev/acc_non_pivot", "max")
     assert load_sweep(path, ["tune.asha_metric=align/mexa", "eval.dev_tasks=false"]).tune.asha() == ("align/mexa", "max")

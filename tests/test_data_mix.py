@@ -19,7 +19,7 @@ from xalign.data.batches import tokenize_pairs
 from xalign.data.instructions import cross_lingual_samples
 from xalign.data.mix import filter_pairs, language_quotas, translation_samples
 from xalign.data.prompts import english_words, world_words
-from xalign.data.world import load_world_data, read_jsonl
+from xalign.data.world_files import load_world_data, read_jsonl
 
 OTHERS = ("qab", "qac", "qad")
 SKEW = {"qab": 300, "qac": 100, "qad": 25}          # pairs per language in the skewed source

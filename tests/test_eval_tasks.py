@@ -21,12 +21,13 @@ import torch
 from xalign.config import load_run
 from xalign.config.eval import EvalConfig, TaskSourceConfig
 from xalign.eval.items import EvalItem
-from xalign.eval.tasks import (FAMILIES, TaskError, Template, build_eval_items, build_items, get_task,
-                               load_rows, task_languages, task_names)
-from xalign.eval.tasks.base import Task
-from xalign.eval.tasks.pawsx import AFP_WORDS as PAWSX_AFP, LM_EVAL_WORDS as PAWSX_LM
-from xalign.eval.tasks.xcopa import AFP_WORDS as XCOPA_AFP, LM_EVAL_WORDS as XCOPA_LM
-from xalign.eval.tasks.xnli import AFP_WORDS as XNLI_AFP, LM_EVAL_WORDS as XNLI_LM
+from xalign.eval.task_items import build_eval_items, build_items
+from xalign.eval.task_rows import load_rows, task_languages
+from xalign.tasks import FAMILIES, TaskError, Template, get_task, task_names
+from xalign.tasks.base import Task
+from xalign.tasks.pawsx import AFP_WORDS as PAWSX_AFP, LM_EVAL_WORDS as PAWSX_LM
+from xalign.tasks.xcopa import AFP_WORDS as XCOPA_AFP, LM_EVAL_WORDS as XCOPA_LM
+from xalign.tasks.xnli import AFP_WORDS as XNLI_AFP, LM_EVAL_WORDS as XNLI_LM
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"

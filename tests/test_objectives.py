@@ -15,21 +15,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from xalign.objectives import (
-    IGNORE_INDEX,
-    AlignmentLossConfig,
-    LearnableTemperature,
-    alignment_loss,
-    build_lm_example,
-    collate_lm,
-    decoder_blocks,
-    early_exit_forward,
-    hidden_states_forward,
-    info_nce,
-    lm_loss,
-    pack_examples,
-    sentence_vectors,
-)
+from xalign.config.schema import ObjectiveConfig
+from xalign.data.collate import IGNORE_INDEX, build_lm_example, collate_lm, pack_examples
+from xalign.model.forward import decoder_blocks, early_exit_forward, hidden_states_forward, sentence_vectors
+from xalign.objectives import LearnableTemperature, alignment_loss, info_nce, lm_loss
 
 
 def _randn(*shape, seed):
@@ -428,11 +417,11 @@ def _step_batch():
 def test_step_combines_weighted_branches():
     model = tiny_llama()
     batch = _step_batch()
-    cfg = AlignmentLossConfig(contrastive_weight=1.0, lm_weight=1.5, temperature=0.05, layers=(1, 2))
+    cfg = ObjectiveConfig(contrastive_weight=1.0, lm_weight=1.5, temperature=0.05, layer=[1, 2])
     loss, parts = alignment_loss(model, batch, cfg)
     assert set(parts) == {"loss", "contrastive", "lm", "contrastive/layer1", "contrastive/layer2"}
     torch.testing.assert_close(loss.detach(), parts["contrastive"] + 1.5 * parts["lm"])
-    full, _ = alignment_loss(model, batch, AlignmentLossConfig(layers=(1, 2), early_exit=False))
+    full, _ = alignment_loss(model, batch, ObjectiveConfig(layer=[1, 2], early_exit=False))
     torch.testing.assert_close(loss, full)
 
 
@@ -442,27 +431,27 @@ def test_step_with_zero_weight_skips_the_branch(branch):
     head_calls = []
     model.get_output_embeddings().register_forward_hook(lambda m, a, o: head_calls.append(1))
     calls, _ = _count_block_calls(model)
-    cfg = AlignmentLossConfig(
+    cfg = ObjectiveConfig(
         contrastive_weight=1.0 if branch == "contrastive" else 0.0,
         lm_weight=1.5 if branch == "lm" else 0.0,
-        temperature=LearnableTemperature(0.05),
-        layers=(1,),
+        layer=1,
     )
-    loss, parts = alignment_loss(model, _step_batch(), cfg)
+    temperature = LearnableTemperature(0.05)
+    loss, parts = alignment_loss(model, _step_batch(), cfg, temperature=temperature)
     loss.backward()
     _, _, blocks = decoder_blocks(model)
     if branch == "contrastive":
         assert set(parts) == {"loss", "contrastive"}
         assert head_calls == [] and calls == [1, 0, 0, 0]  # src and tgt in one forward, block 1 only
-        assert cfg.temperature.log_scale.grad is not None
+        assert temperature.log_scale.grad is not None
         assert blocks[0].mlp.up_proj.weight.grad is not None
         assert all(p.grad is None for p in blocks[1].parameters())  # gradient stops at layer 1
     else:
         assert set(parts) == {"loss", "lm"}
         assert head_calls == [1] and calls == [1, 1, 1, 1]
         torch.testing.assert_close(loss.detach(), 1.5 * parts["lm"])
-    with pytest.raises(ValueError, match="both 0"):
-        alignment_loss(model, _step_batch(), AlignmentLossConfig(contrastive_weight=0.0, lm_weight=0.0))
+    with pytest.raises(ValueError, match="cannot both be 0"):
+        alignment_loss(model, _step_batch(), ObjectiveConfig(contrastive_weight=0.0, lm_weight=0.0))
 
 
 @pytest.mark.parametrize("hard_negatives", [False, True])
@@ -477,7 +466,7 @@ def test_fused_sides_give_the_loss_and_gradients_of_one_forward_per_side(hard_ne
     for fused in (True, False):
         model = tiny_llama()
         calls, _ = _count_block_calls(model)
-        cfg = AlignmentLossConfig(lm_weight=1.5, layers=(1, 2), pooler="last", symmetric=True, fused_sides=fused)
+        cfg = ObjectiveConfig(lm_weight=1.5, layer=[1, 2], pooler="last", symmetric=True, fused_sides=fused)
         loss, parts = alignment_loss(model, batch, cfg)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -496,7 +485,7 @@ def test_step_accepts_packed_lm_batch():
     model = tiny_llama()
     packed = pack_examples(EXAMPLES, max_length=12)
     unpacked = collate_lm(EXAMPLES, 0, padding_side="right")
-    cfg = AlignmentLossConfig(contrastive_weight=0.0, lm_weight=1.0)
+    cfg = ObjectiveConfig(contrastive_weight=0.0, lm_weight=1.0)
     batch_packed = {"lm_input_ids": packed["input_ids"], "lm_labels": packed["labels"],
                     "lm_attention_mask": packed["attention_mask"], "lm_position_ids": packed["position_ids"]}
     batch_unpacked = {"lm_input_ids": unpacked["input_ids"], "lm_labels": unpacked["labels"],

@@ -8,11 +8,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from xalign.pooling import (
+from xalign.data.collate import position_ids_from_mask
+from xalign.model.pooling import (
     POOLERS,
     get_pooler,
     pool,
-    position_ids_from_mask,
     resolve_layer,
     resolve_layers,
 )
@@ -184,7 +184,7 @@ SEQUENCES = [[5, 9, 3], [7, 8, 9, 10, 11, 12], [4, 4, 20, 21]]
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_pooling_same_under_left_and_right_padding(kind):
-    from xalign.objectives import hidden_states_forward
+    from xalign.model.forward import hidden_states_forward
 
     model = _tiny(kind)
     pooled = {}

@@ -22,7 +22,7 @@ from xalign.config.schema import SourceConfig
 from xalign.data import build_alignment_data, mix_metrics
 from xalign.data.sources import SourceError, load_source
 from xalign.errors import XalignError
-from xalign.objectives.instruction import IGNORE_INDEX
+from xalign.data.collate import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("XALIGN_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
@@ -148,8 +148,8 @@ def test_the_same_run_trains_on_the_world_or_on_real_files_changing_only_the_dat
         tiny_world, tiny_world_overrides, real_files):
     import torch
 
-    from xalign.train.loop import Dist
-    from xalign.train.worker import setup_run
+    from xalign.optim import Dist
+    from xalign.train.setup import setup_run
 
     _, world_dir = tiny_world
     _, pairs, pattern = real_files

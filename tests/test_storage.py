@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from xalign import storage
-from xalign.train.driver import TrainingError, check_ray_address
+from xalign.train.cluster import TrainingError, check_ray_address
 
 
 def test_uris_keep_their_scheme_and_local_paths_become_absolute(tmp_path, monkeypatch):

@@ -15,8 +15,8 @@ from xalign.config import RunConfig, from_overrides
 from xalign.data.instructions import cross_lingual_samples
 from xalign.data.stream import ShardedOrder
 from xalign.model import ModelLoadError, load_model, load_tokenizer
-from xalign.train.loop import Dist, NonFiniteLossError, make_scheduler, train_step
-from xalign.train.worker import setup_run
+from xalign.optim import Dist, NonFiniteLossError, make_scheduler, train_step
+from xalign.train.setup import setup_run
 
 CPU = torch.device("cpu")
 
@@ -68,7 +68,7 @@ def test_grouped_order_batches_similar_lengths_and_stays_a_pure_function_of_the_
 
 
 def test_dataloader_workers_collate_the_same_micro_batches(tiny_world, tiny_world_overrides):
-    from xalign.train.worker import step_batches
+    from xalign.train.setup import step_batches
 
     _, world_dir = tiny_world
     inline = setup_run(run_config(tiny_world_overrides, "optim.grad_accum_steps=2", "data.group_by_length=true",
@@ -175,7 +175,7 @@ def test_two_ranks_equal_one_process_on_the_joined_batch(tiny_world, tiny_world_
 
 
 def _dev_eval_rank(rank, world_size, port, cfg_json, config, out):
-    from xalign.train.worker import setup_evaluation
+    from xalign.train.setup import setup_evaluation
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -188,7 +188,7 @@ def _dev_eval_rank(rank, world_size, port, cfg_json, config, out):
 
 
 def test_periodic_dev_evaluation_sharded_over_two_ranks_equals_one_process(tiny_world, tiny_world_overrides, tmp_path):
-    from xalign.train.worker import setup_evaluation
+    from xalign.train.setup import setup_evaluation
 
     _, world_dir = tiny_world
     cfg = run_config(tiny_world_overrides, "eval.tasks=[facts,xcopa]", "eval.max_items=12", "optim.batch_size=2")

@@ -33,23 +33,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _world_config(args: argparse.Namespace):
-    from xalign.config import from_overrides, load_run
-    from xalign.synthetic import WorldConfig
+    from xalign.config import flatten, from_overrides, load_run
+    from xalign.config.world import WorldConfig
 
     if args.config:
         base = load_run(args.config).data.world.model_dump(mode="json")
-        base_args = [f"{k}={json.dumps(v)}" for k, v in _leaves(base)]
+        base_args = [f"{k}={json.dumps(v)}" for k, v in flatten(base).items()]
         return from_overrides(WorldConfig, [*base_args, *args.overrides], source=str(args.config))
     return from_overrides(WorldConfig, args.overrides, source="world parameters")
-
-
-def _leaves(data: dict, prefix: str = ""):
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value:
-            yield from _leaves(value, path)
-        else:
-            yield path, value
 
 
 def _cmd_world_build(args: argparse.Namespace) -> int:
@@ -129,7 +120,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.model:
         overrides.append(f"model.name_or_path={args.model}")
     cfg = load_run(args.file, overrides) if args.file else from_overrides(RunConfig, overrides)
-    from xalign.eval.run import run_evaluation
+    from xalign.evaluate import run_evaluation
 
     result = run_evaluation(cfg, out_dir=Path(args.out) if args.out else None)
     print(result.table)

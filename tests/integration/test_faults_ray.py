@@ -85,8 +85,8 @@ def test_a_full_disk_at_checkpoint_time_fails_clearly_and_keeps_the_previous_che
 
     from xalign.config import from_overrides
     from xalign.config.schema import RunConfig
-    from xalign.train.loop import Dist
-    from xalign.train.worker import setup_run
+    from xalign.optim import Dist
+    from xalign.train.setup import setup_run
 
     overrides = world(tiny_world_overrides) + [
         "optim.batch_size=4", "optim.max_steps=20", "data.max_length=64", "eval.tasks=[]",
@@ -98,7 +98,7 @@ def test_a_full_disk_at_checkpoint_time_fails_clearly_and_keeps_the_previous_che
     size = sum(f.stat().st_size for f in (tmp_path / "sizing").rglob("*") if f.is_file())
     disk = small_disk(int(size * 1.3))   # room for one checkpoint, not for a second
 
-    proc = xalign(["train", str(REPO / "sweeps/afp-synthetic.yaml"), *overrides, f"checkpoint.storage_path={disk}",
+    proc = xalign(["train", str(REPO / "configs/runs/afp-synthetic.yaml"), *overrides, f"checkpoint.storage_path={disk}",
                    "tracking.run_name=full-disk"], env=cluster_env(ray_cluster), cwd=tmp_path, timeout=600)
     assert proc.returncode == 1, (proc.stdout + proc.stderr)[-5000:]
     # The driver ends with one message, not its stack (--debug shows it); the workers' own
@@ -122,7 +122,7 @@ def test_a_full_disk_at_checkpoint_time_fails_clearly_and_keeps_the_previous_che
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_a_run_needing_gpus_the_cluster_lacks_is_refused_before_anything_starts(
         command, ray_cluster, tiny_world, tiny_world_overrides, tmp_path, record_bad_input):
-    file = REPO / "sweeps" / ("afp-synthetic.yaml" if command == "train" else "demo.yaml")
+    file = REPO / "configs" / ("runs/afp-synthetic.yaml" if command == "train" else "sweeps/demo.yaml")
     proc = xalign([command, str(file), *world(tiny_world_overrides), "scaling.use_gpu=true", "scaling.gpus_per_worker=1",
                    "scaling.num_workers=2", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
                    f"checkpoint.storage_path={tmp_path / 'results'}"], env=cluster_env(ray_cluster), cwd=tmp_path,
@@ -141,7 +141,7 @@ def test_a_run_needing_gpus_the_cluster_lacks_is_refused_before_anything_starts(
 
 def sweep_file(tmp: Path, body: str) -> Path:
     path = tmp / "sweep.yaml"
-    path.write_text(f"extends: {REPO / 'sweeps' / 'afp-synthetic.yaml'}\n{body}")
+    path.write_text(f"extends: {REPO / 'configs' / 'runs' / 'afp-synthetic.yaml'}\n{body}")
     return path
 
 
@@ -316,7 +316,7 @@ def test_an_mlflow_outage_during_a_run_loses_no_metrics_and_no_secret_reaches_th
     chaos = threading.Thread(target=stop_then_restart, daemon=True)
     chaos.start()
     try:
-        proc = xalign(["train", str(REPO / "sweeps/afp-synthetic.yaml"), *overrides], env=env, cwd=tmp_path, timeout=600)
+        proc = xalign(["train", str(REPO / "configs/runs/afp-synthetic.yaml"), *overrides], env=env, cwd=tmp_path, timeout=600)
         chaos.join(timeout=320)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         assert outage, "the server was never stopped"

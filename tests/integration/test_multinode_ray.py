@@ -219,7 +219,7 @@ def overrides(c: Cluster, tiny_world_overrides, *, name: str, storage: Path, ste
 
 
 def submit(c: Cluster, sweep_args: list[str], *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`ray job submit` of `xalign sweep sweeps/demo.yaml ...`, this checkout as the working
+    """`ray job submit` of `xalign sweep configs/sweeps/demo.yaml ...`, this checkout as the working
     directory; retried while the head's job agent is not registered yet."""
     # No RAY_ADDRESS here: the driver gives it to the job's processes itself (for Ray Train's
     # placement-group cleaner, which otherwise gives up when another Ray instance runs on
@@ -227,7 +227,7 @@ def submit(c: Cluster, sweep_args: list[str], *extra: str, timeout: float = 300)
     runtime_env = {"env_vars": {"XALIGN_HOME": str(c.xalign_home), "HF_HUB_OFFLINE": "1",
                                 "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
     args = ["job", "submit", "--address", c.dashboard, "--working-dir", str(REPO),
-            "--runtime-env-json", json.dumps(runtime_env), *extra, "--", "xalign", "sweep", "sweeps/demo.yaml",
+            "--runtime-env-json", json.dumps(runtime_env), *extra, "--", "xalign", "sweep", "configs/sweeps/demo.yaml",
             *sweep_args]
     deadline = time.monotonic() + 60
     while True:

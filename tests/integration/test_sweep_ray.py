@@ -26,7 +26,7 @@ def small_sweep(ray_cluster, tiny_world, tiny_world_overrides, tmp_path_factory)
     tmp = tmp_path_factory.mktemp("sweep")
     sweep_file = tmp / "small.yaml"
     sweep_file.write_text(f"""\
-extends: {REPO / 'sweeps' / 'afp-synthetic.yaml'}
+extends: {REPO / 'configs' / 'runs' / 'afp-synthetic.yaml'}
 name: small
 optim: {{max_steps: 10, batch_size: 4, lr: 1.0e-3}}
 data: {{max_length: 64, mix: {{replay_share: 0.2}}}}

@@ -65,7 +65,7 @@ def test_train_two_workers_logs_to_mlflow_and_resumes_after_a_worker_is_killed(
                                     ray_cluster.address_info["gcs_address"]), daemon=True)
     killer.start()
     try:
-        proc = subprocess.run([sys.executable, "-m", "xalign.cli", "train", str(REPO / "sweeps/afp-synthetic.yaml"),
+        proc = subprocess.run([sys.executable, "-m", "xalign.cli", "train", str(REPO / "configs/runs/afp-synthetic.yaml"),
                                *overrides], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     finally:
         stop.set()
@@ -103,7 +103,7 @@ def test_train_two_workers_logs_to_mlflow_and_resumes_after_a_worker_is_killed(
     # The same run uninterrupted (without the evaluations, which do not touch training): the
     # resumed run ends at the same loss. Tolerance: 1e-4 relative (the same ranks, the same
     # gloo reductions; checkpoints hold fp32 weights, optimizer and RNG state exactly).
-    reference = subprocess.run([sys.executable, "-m", "xalign.cli", "train", str(REPO / "sweeps/afp-synthetic.yaml"),
+    reference = subprocess.run([sys.executable, "-m", "xalign.cli", "train", str(REPO / "configs/runs/afp-synthetic.yaml"),
                                 *[o for o in overrides if not o.startswith("tracking.run_name")],
                                 "tracking.run_name=uninterrupted", "eval.tasks=[]"],
                                capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)

@@ -1,6 +1,6 @@
 """The ``eval`` section: which tasks, languages, template family, protocol and data.
 
-Task names are checked against the task registry (``xalign.eval.tasks.registry``), which is
+Task names are checked against the task registry (``xalign.tasks.registry``), which is
 plain Python tables: validating a config never imports torch, transformers or datasets.
 """
 
@@ -12,11 +12,10 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, Field, model_validator
 
 from xalign.config.base import NonNegInt, PositiveInt, Section
+from xalign.tasks.registry import get_task  # plain tables: cheap, no torch
 
 
 def _check_task(name: str) -> str:
-    from xalign.eval.tasks.registry import get_task  # plain tables: cheap, no torch
-
     get_task(name)  # raises TaskError (a ValueError): "Unknown task 'xcpa'. Did you mean 'xcopa'? ..."
     return name
 
@@ -138,8 +137,6 @@ class EvalConfig(Section):
 
     @model_validator(mode="after")
     def _sources_for_real_tasks(self) -> "EvalConfig":
-        from xalign.eval.tasks.registry import get_task
-
         world_only = sorted(name for name in self.sources if not get_task(name).languages)
         if world_only:
             raise ValueError(f"`sources` cannot be set for {world_only}: they exist only in the synthetic world")

@@ -5,7 +5,6 @@ given) before any expensive work starts."""
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from xalign.errors import XalignError
+from xalign.suggest import did_you_mean
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -182,22 +182,37 @@ def apply_overrides(data: dict, overrides: Iterable[str], where: dict[str, str])
         if not key or any(not p for p in parts):
             problems.append(Problem(key, f"not a dotted key path: {item!r}", "command line"))
             continue
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                problems.append(Problem(".".join(parts[: i + 1]),
-                                        f"is {child!r}, not a section, so {key!r} cannot be set", f"override `{item}`"))
-                break
-            node = child
-        else:
-            node[parts[-1]] = parse_scalar(text)
-            for k in [k for k in where if k == key or k.startswith(key + ".")]:
-                del where[k]
-            where[key] = f"override `{item}`"
+        problem = set_dotted(data, key, parse_scalar(text))
+        if problem is not None:
+            problems.append(Problem(problem.key, problem.message, f"override `{item}`"))
+            continue
+        for k in [k for k in where if k == key or k.startswith(key + ".")]:
+            del where[k]
+        where[key] = f"override `{item}`"
     return problems
+
+
+def set_dotted(data: dict, key: str, value: Any) -> Optional[Problem]:
+    """Set ``value`` at the dotted ``key`` of ``data`` in place (missing or null sections are
+    created); a Problem when a section on the way holds a value instead."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return Problem(".".join(parts[: i + 1]), f"is {child!r}, not a section, so {key!r} cannot be set", None)
+        node = child
+    node[parts[-1]] = value
+    return None
+
+
+def with_dotted(data: dict, key: str, value: Any) -> dict:
+    """A deep copy of ``data`` with ``value`` at ``key`` (unchanged where ``key`` cannot be set)."""
+    out = copy.deepcopy(data)
+    set_dotted(out, key, value)
+    return out
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -225,11 +240,10 @@ def _section_type(annotation: Any) -> Optional[type[BaseModel]]:
     return None
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    choices = list(choices)
-    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"{hint} Available: {', '.join(sorted(map(str, choices)))}." if choices else hint
+def _hint(word: Any, choices: Iterable[str]) -> str:
+    """" Did you mean 'x'? Available: a, b." (only the list when nothing is close)."""
+    choices = sorted(map(str, choices))
+    return f"{did_you_mean(word, choices)} Available: {', '.join(choices)}." if choices else did_you_mean(word, choices)
 
 
 def _clean_loc(loc: Sequence[Any], data: Any) -> list[str]:
@@ -286,10 +300,10 @@ def problems_from_validation(exc: ValidationError, data: dict, where: dict[str, 
         given = err.get("input")
         ctx = err.get("ctx") or {}
         if kind == "extra_forbidden":
-            msg = "unknown key." + did_you_mean(path[-1], _fields_at(model, path[:-1]))
+            msg = "unknown key." + _hint(path[-1], _fields_at(model, path[:-1]))
         elif kind == "literal_error":
             allowed = re.findall(r"'([^']*)'", ctx.get("expected", ""))
-            msg = f"unknown value {given!r}." + did_you_mean(given, allowed)
+            msg = f"unknown value {given!r}." + _hint(given, allowed)
         elif kind in ("value_error", "assertion_error"):
             msg = str(ctx.get("error", err["msg"])).removeprefix("Value error, ")
         else:

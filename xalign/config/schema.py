@@ -23,9 +23,12 @@ from xalign.config.base import (  # noqa: F401  (the number types are re-exporte
 )
 from xalign.config.eval import EvalConfig
 from xalign.config.world import WorldConfig
+from xalign.suggest import unknown
 
-#: The pooler names; xalign.pooling holds the functions (a test keeps the two in step).
-POOLER_NAMES = ("last", "mean", "max")
+#: The poolers, the one table: config name -> function of ``xalign.model.pooling`` (named,
+#: not imported, so that validating a config never imports torch).
+POOLERS = {"last": "last_token", "mean": "masked_mean", "max": "masked_max"}
+POOLER_NAMES = tuple(POOLERS)
 #: Names from the paper's code and neighbouring libraries, offered as suggestions only.
 POOLER_SYNONYMS = {"avg": "mean", "average": "mean", "last_token": "last", "eos": "last", "maximum": "max"}
 #: ``model.name_or_path`` value meaning "the base model of the synthetic world in data.world".
@@ -54,19 +57,13 @@ def _check_layer(value: Any) -> Union[int, float, list]:
 LayerSpec = Annotated[Any, AfterValidator(_check_layer)]
 
 
-def pooler_hint(name: str) -> str:
-    """" Did you mean 'mean'?" for a near miss or a known synonym, else ""."""
-    import difflib
-
+def check_pooler(name: str) -> str:
+    """``name`` if it is a pooler; else a ValueError naming the nearest one (or the synonym
+    the paper's code uses: "avg-k" = mean) and listing them all."""
+    if isinstance(name, str) and name in POOLERS:
+        return name
     key = str(name).lower().split("-")[0]  # the paper writes "avg-k", "last-1"
-    close = [POOLER_SYNONYMS[key]] if key in POOLER_SYNONYMS else difflib.get_close_matches(key, POOLER_NAMES, n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
-
-
-def _check_pooler(name: str) -> str:
-    if name not in POOLER_NAMES:
-        raise ValueError(f"Unknown pooler {name!r}.{pooler_hint(name)} Available: {', '.join(sorted(POOLER_NAMES))}")
-    return name
+    raise ValueError(unknown("pooler", name, POOLER_NAMES, aliases=POOLER_SYNONYMS, key=key))
 
 
 def _local_path_exists(value: Optional[str]) -> Optional[str]:
@@ -232,7 +229,7 @@ class ObjectiveConfig(Section):
     #: int = block index, float = fraction of depth, list = several layers (released: 1).
     layer: LayerSpec = 1
     #: last | mean | max (released: last token).
-    pooler: Annotated[str, AfterValidator(_check_pooler)] = "last"
+    pooler: Annotated[str, AfterValidator(check_pooler)] = "last"
     #: Both directions of InfoNCE (released: pivot -> other only).
     symmetric: bool = False
     #: Add each pair's hard negative (a `hard_negative` column of data.pairs, in the target
@@ -341,3 +338,17 @@ class RunConfig(Section):
                 f"{self.optim.batch_size} x {self.scaling.num_workers} = {global_pairs}; "
                 "raise optim.batch_size or set objective.contrastive_weight: 0")
         return self
+
+
+def uses_world(cfg: RunConfig) -> bool:
+    """The run needs the synthetic world: for its base model, or for data (its instructions
+    when none are configured; pairs come from configured pairs, else from the instructions)."""
+    return cfg.model.name_or_path == WORLD_MODEL or cfg.data.instructions is None
+
+
+def evaluates_world(cfg: RunConfig) -> bool:
+    """Tasks come from the synthetic world unless the config says otherwise: ``eval.source``
+    world/real, or auto = the world when the run's data is the world's."""
+    if cfg.eval.source != "auto":
+        return cfg.eval.source == "world"
+    return cfg.data.instructions is None and cfg.data.pairs is None

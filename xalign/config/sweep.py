@@ -12,12 +12,23 @@ the run config at each of them, so a sweep never starts trials that would fail v
 from __future__ import annotations
 
 import math
+import typing
 from typing import Any, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from xalign.config.base import Section
-from xalign.config.schema import PositiveInt, RunConfig
+from xalign.config.loader import (
+    ConfigError,
+    Problem,
+    apply_overrides,
+    flatten,
+    load_raw,
+    problems_from_validation,
+    with_dotted,
+)
+from xalign.config.schema import PositiveInt, RunConfig, evaluates_world
+from xalign.suggest import did_you_mean
 
 
 class FloatDist(Section):
@@ -153,33 +164,13 @@ SWEEP_KEYS = ("search", "tune", "confirm")
 
 # --- checks that need the whole file ------------------------------------------------------
 
-def _set(data: dict, key: str, value: Any) -> dict:
-    import copy
-
-    out = copy.deepcopy(data)
-    node = out
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {}) if isinstance(node.get(part), dict) or part not in node else node[part]
-        if not isinstance(node, dict):
-            return out
-    node[parts[-1]] = value
-    return out
-
-
 def searchable_keys(run: RunConfig) -> set[str]:
     """Leaf keys of the run config, plus ``<dict field>.<anything>`` for mapping fields."""
-    from xalign.config.loader import flatten
-
     return set(flatten(run))
 
 
 def is_search_key(key: str, keys: set[str]) -> bool:
     """A leaf key of the run config, or an entry of a mapping field (data.mix.pair_weights.qab)."""
-    import typing
-
-    from pydantic import BaseModel
-
     if key in keys:
         return True
     parent, _, _ = key.rpartition(".")
@@ -208,8 +199,6 @@ def reportable_metrics(run: RunConfig) -> set[str]:
 
 def key_problems(data: dict, where: dict[str, str]) -> list:
     """Search keys and control keys (read from the raw file) that are not config keys."""
-    from xalign.config.loader import Problem, did_you_mean
-
     keys = searchable_keys(RunConfig())
     problems = []
     raw_search = data.get("search") if isinstance(data.get("search"), dict) else {}
@@ -219,7 +208,7 @@ def key_problems(data: dict, where: dict[str, str]) -> list:
               if isinstance(over, dict) for k in over]
     for loc, key in named:
         if not is_search_key(str(key), keys):
-            hint = did_you_mean(str(key), sorted(keys)).split(" Available:")[0]
+            hint = did_you_mean(str(key), sorted(keys))
             problems.append(Problem(loc, f"{key!r} is not a config key.{hint}", where.get(loc)))
     return problems
 
@@ -227,10 +216,6 @@ def key_problems(data: dict, where: dict[str, str]) -> list:
 def value_problems(sweep: SweepConfig, where: dict[str, str]) -> list:
     """Bounds or choices that give an invalid run config, metrics no trial reports,
     controls that are not valid (keys were checked by ``key_problems``)."""
-    from pydantic import ValidationError
-
-    from xalign.config.loader import Problem, did_you_mean, problems_from_validation
-
     problems = []
     base = sweep.run_config()
     base_data = base.model_dump(mode="json")
@@ -239,7 +224,7 @@ def value_problems(sweep: SweepConfig, where: dict[str, str]) -> list:
     def check_value(loc: str, key: str, value: Any, what: str) -> None:
         if not is_search_key(key, keys):
             return
-        data = _set(base_data, key, value)
+        data = with_dotted(base_data, key, value)
         try:
             RunConfig.model_validate(data)
         except ValidationError as exc:
@@ -256,7 +241,7 @@ def value_problems(sweep: SweepConfig, where: dict[str, str]) -> list:
         per_lang = len(parts) == 4 and parts[0] in ("eval", "dev", "base") and parts[3] == "acc" \
             and parts[1] in base.eval.tasks
         if metric not in reportable and not per_lang:
-            hint = did_you_mean(metric, sorted(reportable)).split(" Available:")[0]
+            hint = did_you_mean(metric, sorted(reportable))
             problems.append(Problem(f"tune.metrics.{metric}", f"no trial reports {metric!r}.{hint} Trials report "
                                     f"{', '.join(sorted(reportable))} and <prefix>/<task>/<lang>/acc for eval.tasks "
                                     f"{base.eval.tasks}", where.get(f"tune.metrics.{metric}", where.get("tune.metrics"))))
@@ -269,8 +254,6 @@ def value_problems(sweep: SweepConfig, where: dict[str, str]) -> list:
 
 def periodic_metrics(run: RunConfig) -> set[str]:
     """What every periodic report of a trial carries, for ASHA to compare."""
-    from xalign.eval.run import evaluates_world
-
     # Trials report to Ray (and so to Tune) at evaluations and checkpoints only.
     if not (run.eval.every_n_steps or run.checkpoint.every_n_steps):
         return set()
@@ -285,8 +268,6 @@ def periodic_metrics(run: RunConfig) -> set[str]:
 
 
 def asha_problems(sweep: SweepConfig, base: RunConfig, where: dict[str, str]) -> list:
-    from xalign.config.loader import Problem
-
     tune = sweep.tune
     if tune.scheduler != "asha":
         if tune.asha_metric is not None:
@@ -318,15 +299,6 @@ def asha_problems(sweep: SweepConfig, base: RunConfig, where: dict[str, str]) ->
 def load_sweep(path, overrides=()) -> SweepConfig:
     """A sweep file (following ``extends``) with overrides, validated as a whole: every
     problem of the file in one ConfigError."""
-    from pydantic import ValidationError
-
-    from xalign.config.loader import (
-        ConfigError,
-        apply_overrides,
-        load_raw,
-        problems_from_validation,
-    )
-
     loaded = load_raw(path)
     problems = list(loaded.problems) + apply_overrides(loaded.data, overrides, loaded.where)
     problems += key_problems(loaded.data, loaded.where)

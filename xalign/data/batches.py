@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from xalign.data.instructions import LMSample
-from xalign.objectives.instruction import build_lm_example, collate_lm, pack_examples
+from xalign.data.collate import build_lm_example, collate_lm, pack_examples
 
 
 def encode(tokenizer, text: str) -> list[int]:

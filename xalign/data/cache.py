@@ -26,16 +26,12 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from xalign.paths import data_cache_home
+
 #: Bump when the built data changes for the same inputs (a change of the builders).
 CACHE_VERSION = 1
 #: The fields of an LM example kept in the cache (``xalign.data.batches.tokenize_lm``).
 LM_COLUMNS = ("input_ids", "labels", "prompt_truncated", "kind", "src_lang", "tgt_lang")
-
-
-def data_cache_home() -> Path:
-    """``$XALIGN_HOME/cache/data``, by default ``~/.cache/xalign/cache/data``."""
-    home = os.environ.get("XALIGN_HOME") or Path.home() / ".cache" / "xalign"
-    return Path(home).expanduser() / "cache" / "data"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

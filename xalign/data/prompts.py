@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from xalign.data.languages import language_name
-from xalign.data.world import WorldData
+from xalign.data.world_files import WorldData
 
 #: The world's vocabulary has no "=": the equals form uses the world's shared ":" instead.
 WORLD_EQUALS = ":"

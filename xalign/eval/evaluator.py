@@ -42,7 +42,7 @@ class Target:
 def plan_items(cfg: EvalConfig, target: Target, *, split: Optional[str] = None):
     """Every (task, language, seed) -> items, built before any model is loaded so that a bad
     file, column, label or language fails first (all problems in one TaskError)."""
-    from xalign.eval.tasks import build_eval_items
+    from xalign.eval.task_items import build_eval_items
 
     items = build_eval_items(cfg, pivot=target.pivot, world_dir=target.world_dir, languages=target.languages,
                              split=split)

@@ -16,8 +16,8 @@ from typing import Mapping, Sequence
 import torch
 
 from xalign.data.batches import encode
-from xalign.objectives.step import hidden_states_forward
-from xalign.pooling import get_pooler
+from xalign.model.forward import hidden_states_forward
+from xalign.model.pooling import get_pooler
 
 
 @dataclass

@@ -1,44 +1,11 @@
-"""The AFP objectives: InfoNCE over translation pairs, response-only LM loss, the combined step.
+"""The AFP objectives: InfoNCE over translation pairs (``contrastive``), the response-only
+LM loss (``lm``) and their weighted sum for one batch (``alignment``).
 
 Pure functions over tensors and HF models; importable without Ray or MLflow.
 """
 
-from xalign.objectives.contrastive import (
-    LearnableTemperature,
-    gather_with_grad,
-    info_nce,
-)
-from xalign.objectives.instruction import (
-    IGNORE_INDEX,
-    build_lm_example,
-    collate_lm,
-    lm_loss,
-    pack_examples,
-    packed_attention_mask,
-)
-from xalign.objectives.step import (
-    AlignmentLossConfig,
-    alignment_loss,
-    decoder_blocks,
-    early_exit_forward,
-    hidden_states_forward,
-    sentence_vectors,
-)
+from xalign.objectives.alignment import alignment_loss
+from xalign.objectives.contrastive import LearnableTemperature, gather_with_grad, info_nce
+from xalign.objectives.lm import lm_loss
 
-__all__ = [
-    "IGNORE_INDEX",
-    "AlignmentLossConfig",
-    "LearnableTemperature",
-    "alignment_loss",
-    "build_lm_example",
-    "collate_lm",
-    "decoder_blocks",
-    "early_exit_forward",
-    "gather_with_grad",
-    "hidden_states_forward",
-    "info_nce",
-    "lm_loss",
-    "pack_examples",
-    "packed_attention_mask",
-    "sentence_vectors",
-]
+__all__ = ["LearnableTemperature", "alignment_loss", "gather_with_grad", "info_nce", "lm_loss"]

@@ -11,21 +11,28 @@ baseline. ``--resume`` restores a killed sweep (Tuner.restore) with the same par
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import optuna
+import ray.tune
 import yaml
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search.optuna import OptunaSearch
 
+from xalign import storage, tracking
 from xalign.config import flatten
+from xalign.config.loader import with_dotted
 from xalign.config.schema import RunConfig
-from xalign.config.sweep import SweepConfig, _set
+from xalign.config.sweep import SweepConfig
 from xalign.sweep.space import pareto_front, tune_space
-from xalign.train.driver import (TrainingError, check_ray_address, init_ray, prepare_data, prepare_world,
-                                 ray_is_initialized, storage_root, train)
+from xalign.synthetic import run_world
+from xalign.train.cluster import TrainingError, check_ray_before_work, init_ray, runs_that_fit
+from xalign.train.driver import prepare_data, storage_root, train
+from xalign.train.final_eval import evaluation_plan, final_evaluation, local_eval_dir
 
 STATE_FILE = "xalign_sweep.json"   # parent MLflow run id and phase, in the sweep's storage dir
 #: CPU held by each trial's Tune function, which only waits on its TorchTrainer (Tune
@@ -57,7 +64,7 @@ class SweepResult:
 def trial_config(base: dict, params: dict[str, Any]) -> RunConfig:
     data = base
     for key, value in params.items():
-        data = _set(data, key, value)
+        data = with_dotted(data, key, value)
     return RunConfig.model_validate(data)
 
 
@@ -65,9 +72,6 @@ def make_trainable(base: dict, *, storage: str, parent_run_id: Optional[str], sw
     """The Tune function trainable of one phase."""
 
     def run_trial(params: dict) -> None:
-        import ray.tune
-        from ray.tune.integration.ray_train import TuneReportCallback
-
         context = ray.tune.get_context()
         trial_id = context.get_trial_id()
         variant = params.get("__variant__", params)
@@ -92,8 +96,6 @@ def optuna_search():
     """Ray's OptunaSearch, told the objectives only by each trial's final report: the
     periodic reports carry dev/ metrics, not the eval/ objectives, and OptunaSearch reads
     its metric from every intermediate result (a KeyError for a single objective)."""
-    from ray.tune.search.optuna import OptunaSearch
-
     class FinalResultOptunaSearch(OptunaSearch):
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             metrics = [self.metric] if isinstance(self.metric, str) else list(self.metric or [])
@@ -103,35 +105,18 @@ def optuna_search():
     return FinalResultOptunaSearch
 
 
-def _resources(cfg: RunConfig) -> tuple[float, float]:
-    s = cfg.scaling
-    return s.num_workers * s.cpus_per_worker, (s.num_workers * s.gpus_per_worker if s.use_gpu else 0.0)
-
-
 def concurrency(cfg: RunConfig, requested: Optional[int]) -> int:
     """Trials at once: what the cluster's CPUs and GPUs fit, each trial holding its workers'
     CPUs plus TRIAL_CPU for its Tune function (the Train controller holds none)."""
-    import ray
-
-    cpu, gpu = _resources(cfg)
-    have = ray.cluster_resources()
-    fit = math.floor(have.get("CPU", 0) / (cpu + TRIAL_CPU))
-    if gpu:
-        fit = min(fit, math.floor(have.get("GPU", 0) / gpu))
+    fit = runs_that_fit(cfg, extra_cpu=TRIAL_CPU)
     if cfg.scaling.autoscale:   # nodes come on demand: what is up now says nothing
-        return requested or max(fit, 1)
-    if fit < 1:
-        raise TrainingError(f"one trial needs {cpu:g} CPUs and {gpu:g} GPUs (scaling.*) but the cluster has "
-                            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower scaling.*, or set "
-                            "scaling.autoscale=true if the cluster adds nodes on demand")
+        return requested or fit
     return min(fit, requested) if requested else fit
 
 
 def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: str) -> Optional[str]:
     if not sweep.tracking.enabled:
         return None
-    from xalign import storage, tracking
-
     if storage.exists(state_path):   # --resume: the same parent run, open again
         run_id = json.loads(storage.read_text(state_path))["parent_run_id"]
         if run_id is not None:
@@ -147,12 +132,8 @@ def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: st
 
 def _tuner(sweep: SweepConfig, trainable, *, phase: str, path: str, space: dict, searcher, num_samples: int,
            max_concurrent: int, resume: bool):
-    import ray.tune
-
     cfg = sweep.run_config()
     trainable = ray.tune.with_resources(trainable, {"CPU": TRIAL_CPU})
-    from xalign import storage
-
     experiment = storage.join(path, phase)
     if resume and ray.tune.Tuner.can_restore(experiment):
         return ray.tune.Tuner.restore(experiment, trainable=trainable, resume_errored=False,
@@ -186,24 +167,19 @@ def _collect(results, phase: str) -> list[Trial]:
 
 def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = None, resume: bool = False) -> SweepResult:
     """Search, then confirm; blocks until both phases end."""
-    from xalign import tracking
-
     sweep = sweep.model_copy(update={"tracking": tracking.resolved(sweep.tracking)})  # one store for every process
     base_cfg = sweep.run_config()
     name = name or sweep.name
     tracking.check_reachable(sweep.tracking)
-    from xalign import storage
-
     root = storage_root(base_cfg)
     storage.check_storage(root)             # writable from here, before anything is built
-    if os.environ.get("RAY_ADDRESS") and not ray_is_initialized():
-        check_ray_address(os.environ["RAY_ADDRESS"])
+    check_ray_before_work()
     path = storage.join(root, name)   # a local folder or a URI (s3://, gs://)
     state_path = storage.join(path, STATE_FILE)
     if not resume and storage.exists(state_path):
         raise TrainingError(f"a sweep named {name!r} already exists at {path}; pass --resume to continue it, "
                             "or set name=<new name> to start another")
-    world_dir = prepare_world(base_cfg)     # built once here, shared by every trial
+    world_dir = run_world(base_cfg)     # built once here, shared by every trial
     prepare_data(base_cfg, world_dir)       # a bad data source fails here, before any trial
     init_ray(base_cfg, headroom_cpus=1)   # room for the trial functions' CPU slivers
     # Periodic reports carry dev/ metrics; the objectives (eval/...) come with each trial's
@@ -231,8 +207,6 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
 def _mark_stopped(sweep: SweepConfig, parent: str, exc: BaseException) -> None:
     """The sweep's runs still RUNNING end KILLED, tagged with how to go on. Best effort: the
     process is going (Ray sends SIGKILL seconds after SIGTERM)."""
-    from xalign import tracking
-
     why = {"xalign.stopped": f"the sweep driver stopped ({type(exc).__name__}); "
                              "`xalign sweep FILE --name NAME --resume` continues it"}
     try:
@@ -250,8 +224,6 @@ def _mark_stopped(sweep: SweepConfig, parent: str, exc: BaseException) -> None:
 def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str, path: str, parent: Optional[str],
                 max_concurrent: int, resume: bool) -> SweepResult:
     """The search phase, then the confirmation phase; the parent run closed at the end."""
-    from xalign import storage
-
     base_metrics = evaluate_base_model(base_cfg, world_dir, path, parent)
     # The starting model is the same for every trial: evaluated once above, not per trial.
     base = base_cfg.model_copy(update={"eval": base_cfg.eval.model_copy(update={"baseline": False})}).model_dump(
@@ -259,8 +231,6 @@ def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str
     trials_path = storage.join(path, "trials")
     metrics = list(sweep.tune.metrics)
     modes = [sweep.tune.metrics[m] for m in metrics]
-    import optuna
-
     sampler = (optuna.samplers.TPESampler(seed=sweep.tune.seed) if sweep.tune.searcher == "tpe"
                else optuna.samplers.RandomSampler(seed=sweep.tune.seed))
     searcher = optuna_search()(metric=metrics if len(metrics) > 1 else metrics[0],
@@ -278,8 +248,6 @@ def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str
     best = max(front, key=lambda t: tuple(t.metrics[m] * (1 if sweep.tune.metrics[m] == "max" else -1)
                                           for m in metrics)) if front else None
     if best is not None and sweep.confirm.seeds:
-        import ray.tune
-
         variants = [{**best.params, "seed": seed} for seed in sweep.confirm.seeds]
         variants += [{**best.params, **over, "seed": seed, "__control__": cname}
                      for cname, over in sweep.confirm.controls.items() for seed in sweep.confirm.seeds]
@@ -301,8 +269,6 @@ def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str
 def _close_stopped(sweep: SweepConfig, parent: str, trials: list[Trial]) -> None:
     """A trial ASHA stopped had its Tune function killed mid-run, so its MLflow child run
     was never ended: end it KILLED, tagged with the step it reached."""
-    from xalign import tracking
-
     for trial in trials:
         if trial.status != "STOPPED":
             continue
@@ -319,8 +285,6 @@ def _close_orphans(sweep: SweepConfig, parent: str, phase: str, trials: list[Tri
     the trial started but before Tune saved its state, so --resume sampled another trial
     in its place. End them KILLED with the ``xalign.orphaned`` tag (kept, not deleted;
     `xalign report` leaves them out)."""
-    from xalign import tracking
-
     known = {t.trial_id for t in trials}
     for run_id, trial_id, status in tracking.child_runs(sweep.tracking, parent, phase):
         if trial_id in known:
@@ -347,9 +311,6 @@ def compute_use(trials: list[Trial], max_steps: int) -> dict[str, float]:
 def evaluate_base_model(cfg: RunConfig, world_dir, path: str, parent: Optional[str]) -> dict[str, float]:
     """The starting model's test metrics (base/...), once per sweep, logged to the parent
     run; cached in the sweep's folder so a resumed sweep does not evaluate it again."""
-    from xalign import storage
-    from xalign.train.driver import evaluation_plan, final_evaluation, local_eval_dir
-
     cache = storage.join(path, "base_metrics.json")
     if storage.exists(cache):
         return json.loads(storage.read_text(cache))
@@ -363,8 +324,6 @@ def evaluate_base_model(cfg: RunConfig, world_dir, path: str, parent: Optional[s
 
 
 def _close_parent(sweep: SweepConfig, parent: str, result: SweepResult) -> None:
-    from xalign import tracking
-
     best = result.best
     if best is not None:
         best_config = trial_config(sweep.run_config().model_dump(mode="json"), best.params)

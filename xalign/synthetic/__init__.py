@@ -13,9 +13,12 @@ from xalign.synthetic.build import (
     build_world,
     content_hash,
     ensure_world,
+    evaluation_world,
     load_manifest,
-    worlds_home,
+    run_world,
 )
+from xalign.paths import worlds_home
 
 __all__ = ["GENERATOR_VERSION", "STAGES", "WorldConfig", "WorldError", "WorldResult",
-           "build_world", "content_hash", "ensure_world", "load_manifest", "worlds_home"]
+           "build_world", "content_hash", "ensure_world", "evaluation_world", "load_manifest", "run_world",
+           "worlds_home"]

@@ -18,13 +18,13 @@ import torch
 
 from xalign.data.batches import collate_lm_batch, encode, num_tokens
 from xalign.data.stream import ShardedOrder
-from xalign.data.world import read_jsonl
-from xalign.objectives import AlignmentLossConfig, alignment_loss
-from xalign.objectives.instruction import lm_loss
-from xalign.train.loop import Dist, make_scheduler, train_step
+from xalign.data.world_files import read_jsonl
+from xalign.config.schema import ObjectiveConfig
+from xalign.objectives import alignment_loss, lm_loss
+from xalign.optim import Dist, make_scheduler, train_step
 
 log = logging.getLogger("xalign.world")
-LM_ONLY = AlignmentLossConfig(contrastive_weight=0.0, lm_weight=1.0)
+LM_ONLY = ObjectiveConfig(contrastive_weight=0.0, lm_weight=1.0)
 
 
 def corpus_examples(world_dir: Path, tokenizer, seq_len: int) -> list[dict]:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from xalign.config.schema import WORLD_MODEL, RunConfig, evaluates_world, uses_world
 from xalign.config.world import WorldConfig
 from xalign.errors import XalignError
+from xalign.paths import worlds_home
 from xalign.synthetic.parts import (
     write_corpus,
     write_instructions,
@@ -26,7 +28,7 @@ from xalign.synthetic.parts import (
     write_tasks,
     write_tokenizer,
 )
-from xalign.synthetic.world import make_world
+from xalign.synthetic.generate import make_world
 
 #: Bump when the generator's output changes for the same config: it is part of the hash.
 GENERATOR_VERSION = "1"
@@ -67,12 +69,6 @@ def content_hash(cfg: WorldConfig, extra_stage_names: Sequence[str] = ()) -> str
     if extra_stage_names:
         key["extra_stages"] = list(extra_stage_names)
     return hashlib.sha256(canonical_json(key).encode()).hexdigest()
-
-
-def worlds_home() -> Path:
-    """``$XALIGN_HOME/worlds``, by default ``~/.cache/xalign/worlds``."""
-    home = os.environ.get("XALIGN_HOME") or Path.home() / ".cache" / "xalign"
-    return Path(home).expanduser() / "worlds"
 
 
 def load_manifest(path: Path) -> dict:
@@ -202,3 +198,20 @@ def ensure_world(cfg: WorldConfig, *, with_model: bool) -> Path:
     if not with_model and existing_world(with_stage, content_hash(cfg, [BASE_MODEL_STAGE[0]])) is not None:
         return with_stage  # the same world with its base model is already built: its data serves
     return build_world(cfg, extra_stages=[BASE_MODEL_STAGE] if with_model else []).path
+
+
+def run_world(cfg: RunConfig, *, evaluating: bool = False) -> Optional[Path]:
+    """The built world (made now or reused from the cache) that a run reads, or None: for
+    training when it uses the world at all (``uses_world``), for a stand-alone evaluation
+    when its tasks or its model come from the world."""
+    with_model = cfg.model.name_or_path == WORLD_MODEL
+    needed = (evaluates_world(cfg) or with_model) if evaluating else uses_world(cfg)
+    return ensure_world(cfg.data.world, with_model=with_model) if needed else None
+
+
+def evaluation_world(cfg: RunConfig, world_dir: Optional[Path]) -> tuple[Optional[Path], str]:
+    """(the world whose tasks are evaluated, None for real tasks; the pivot): the world's
+    own pivot (from its manifest) when its tasks are evaluated, else data.pivot or en."""
+    eval_world = Path(world_dir) if world_dir is not None and evaluates_world(cfg) else None
+    pivot = load_manifest(eval_world)["pivot"] if eval_world is not None else cfg.data.pivot or "en"
+    return eval_world, pivot

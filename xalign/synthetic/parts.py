@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Optional, TypeVar
 
 from xalign.config.world import RELATIONS, WorldConfig
 from xalign.synthetic.lexicon import value_concept
-from xalign.synthetic.world import (
+from xalign.synthetic.generate import (
     ANCHOR,
     PIVOT_ONLY,
     SHARED,

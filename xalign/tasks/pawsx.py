@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from xalign.eval.tasks.base import Hub, Task, Template, binary_label, strip_world_stop
+from xalign.tasks.base import Hub, Task, Template, binary_label, strip_world_stop
 
 #: The paper's shape "{sentence1}, right? {Yes|No}, {sentence2}", one row per language.
 #: en/zh/ar are the released code's words and punctuation (zh uses full-width marks); the
@@ -90,7 +90,7 @@ PAWSX = Task(
                             source="lm-eval 0.4.13 tasks/paws-x (target_delimiter '', empty doc_to_text)"),
     },
     hub=Hub("google-research-datasets/paws-x"),
-    # The world's corpus: "S1 , right ? yes , S2 ." (xalign.synthetic.world.Speaker.paraphrase)
+    # The world's corpus: "S1 , right ? yes , S2 ." (xalign.synthetic.generate.Speaker.paraphrase)
     world=Template(context="{sentence1} , {w[right]} ?", option=" {option} , {sentence2}",
                    choices=("{w[no]}", "{w[yes]}"), prepare=_world_prepare,
                    source="the synthetic world's paraphrase discourse"),

@@ -1,12 +1,7 @@
-"""The AFP training objective for one batch, and the early-exit forward it relies on.
-
-    loss = contrastive_weight * L_contrastive + lm_weight * L_instruction
-
-A branch whose weight is 0 is not computed at all. The contrastive branch pools hidden
-states of the translation pair's two sides; with ``early_exit`` it runs only the embedding
-and the blocks up to the deepest pooled layer (with the released layer 1 that skips
-nearly the whole network). Works on any HF decoder-only model: the blocks are found as the
-``nn.ModuleList`` of the base model, no per-architecture code.
+"""Forwards through any HF decoder-only model without per-architecture code: the
+transformer blocks (found as the base model's ``nn.ModuleList``), all hidden states, an
+early-exit forward that runs only the blocks the contrastive branch pools, pooled sentence
+vectors, and the LM logits of the instruction branch.
 
 transformers 5.x facts this relies on (tests/test_objectives.py checks them):
 - ``output_hidden_states`` returns num_layers + 1 states and replaces the LAST one by the
@@ -24,29 +19,13 @@ base model directly to skip the LM head.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from xalign.objectives.contrastive import info_nce
-from xalign.objectives.instruction import lm_loss
-from xalign.pooling import pool, position_ids_from_mask
-
-
-@dataclass(frozen=True)
-class AlignmentLossConfig:
-    """What ``alignment_loss`` needs; any object with these attributes will do."""
-
-    contrastive_weight: float = 1.0  # released value
-    lm_weight: float = 1.5  # released value
-    temperature: float | torch.Tensor | nn.Module = 0.05  # released; a module (LearnableTemperature) is called
-    layers: tuple[int, ...] = (1,)  # resolved hidden-state indices; released: layer 1
-    pooler: str = "last"  # released: last non-pad token
-    symmetric: bool = False  # released: pivot -> other only
-    early_exit: bool = True  # run only the blocks the contrastive branch needs
-    fused_sides: bool = True  # both sides (and hard negatives) of the pairs in one forward
+from xalign.data.collate import position_ids_from_mask
+from xalign.model.pooling import pool
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -194,7 +173,9 @@ def stack_sides(sides: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     return torch.cat(ids_out), torch.cat(mask_out), [ids.shape[0] for ids, _ in sides]
 
 
-def _lm_forward(model: nn.Module, batch: dict) -> torch.Tensor:
+def lm_logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Logits of the instruction branch's rows (``lm_input_ids``; a 4D ``lm_attention_mask``
+    of packed rows made additive in the model's dtype; positions from the mask unless given)."""
     mask = batch.get("lm_attention_mask")
     if mask is not None and mask.ndim == 4:
         dtype = model.get_input_embeddings().weight.dtype
@@ -202,57 +183,4 @@ def _lm_forward(model: nn.Module, batch: dict) -> torch.Tensor:
             mask = torch.where(mask, 0.0, torch.finfo(dtype).min)
         mask = mask.to(dtype)
     position_ids = _default_positions(mask, batch.get("lm_position_ids"))
-    logits = model(**_model_inputs(model, batch["lm_input_ids"], mask, position_ids)).logits
-    return lm_loss(logits, batch["lm_labels"])
-
-
-def alignment_loss(model: nn.Module, batch: dict, cfg: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(weighted total loss, parts) for one batch.
-
-    ``batch``: src_input_ids/src_attention_mask and tgt_input_ids/tgt_attention_mask (the
-    translation pair; src is the anchor/pivot side), optionally neg_input_ids/
-    neg_attention_mask (a hard negative per pair) for the contrastive branch;
-    lm_input_ids/lm_labels/lm_attention_mask (+ optional lm_position_ids; a 4D mask for
-    packed rows) for the instruction branch. ``parts`` holds detached "loss",
-    "contrastive" and "lm" (only the branches computed), and "contrastive/layer<i>" when
-    several layers are pooled (the contrastive loss is their mean).
-    """
-    if cfg.contrastive_weight < 0 or cfg.lm_weight < 0:
-        raise ValueError(
-            f"weights must be >= 0, got contrastive_weight={cfg.contrastive_weight}, lm_weight={cfg.lm_weight}"
-        )
-    if cfg.contrastive_weight == 0 and cfg.lm_weight == 0:
-        raise ValueError("contrastive_weight and lm_weight are both 0: nothing to train")
-
-    total = None
-    parts: dict[str, torch.Tensor] = {}
-    if cfg.contrastive_weight > 0:
-        temperature = cfg.temperature() if isinstance(cfg.temperature, nn.Module) else cfg.temperature
-        layers = list(cfg.layers)
-        common = {"layers": layers, "pooler": cfg.pooler, "early_exit": cfg.early_exit}
-        sides = ["src", "tgt"] + (["neg"] if "neg_input_ids" in batch else [])  # neg: a hard negative per pair
-        if getattr(cfg, "fused_sides", True):
-            ids, mask, sizes = stack_sides([(batch[f"{s}_input_ids"], batch[f"{s}_attention_mask"]) for s in sides])
-            vectors = [v.split(sizes) for v in sentence_vectors(model, ids, mask, **common)]
-            per_side = [[v[k] for v in vectors] for k in range(len(sides))]
-        else:
-            per_side = [sentence_vectors(model, batch[f"{s}_input_ids"], batch[f"{s}_attention_mask"], **common)
-                        for s in sides]
-        src, tgt = per_side[0], per_side[1]
-        neg = per_side[2] if len(sides) == 3 else [None] * len(layers)
-        per_layer = [
-            info_nce(s, t, temperature=temperature, symmetric=cfg.symmetric, hard_negatives=n)
-            for s, t, n in zip(src, tgt, neg)
-        ]
-        contrastive = torch.stack(per_layer).mean()
-        parts["contrastive"] = contrastive.detach()
-        if len(layers) > 1:
-            for layer, value in zip(layers, per_layer):
-                parts[f"contrastive/layer{layer}"] = value.detach()
-        total = cfg.contrastive_weight * contrastive
-    if cfg.lm_weight > 0:
-        instruction = _lm_forward(model, batch)
-        parts["lm"] = instruction.detach()
-        total = cfg.lm_weight * instruction if total is None else total + cfg.lm_weight * instruction
-    parts["loss"] = total.detach()
-    return total, parts
+    return model(**_model_inputs(model, batch["lm_input_ids"], mask, position_ids)).logits

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from xalign.config.schema import pooler_hint
+from xalign.config import schema
+from xalign.model.loading import num_blocks
 
 Pooler = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,29 +62,13 @@ def masked_max(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> tor
     return torch.where(mask, hidden, float("-inf")).amax(dim=1)
 
 
-POOLERS: dict[str, Pooler] = {"last": last_token, "mean": masked_mean, "max": masked_max}
-
+#: name -> function, from the one table in the config schema.
+POOLERS: dict[str, Pooler] = {name: globals()[function] for name, function in schema.POOLERS.items()}
 
 
 def get_pooler(name: str) -> Pooler:
     """The pooler registered as ``name``; a miss names the closest match."""
-    try:
-        return POOLERS[name]
-    except (KeyError, TypeError):
-        pass
-    raise ValueError(f"Unknown pooler {name!r}.{pooler_hint(name)} Available: {', '.join(sorted(POOLERS))}")
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only: 0 at each row's first non-pad token.
-
-    Pass these as ``position_ids`` so that a left-padded row gets the same positions (and so
-    the same hidden states) as the unpadded sequence. transformers 5.x uses 0..seq-1 when
-    position_ids is omitted, which shifts left-padded rows in models with absolute position
-    embeddings (GPT-2, XGLM, OPT). Pad positions get 0; they are masked anyway.
-    """
-    mask = attention_mask.long()
-    return (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    return POOLERS[schema.check_pooler(name)]
 
 
 def _layer_error(spec, num_layers: int, model_name: str) -> ValueError:
@@ -154,3 +139,9 @@ def pool(
                 f"{available} hidden states, got {index!r}"
             )
     return [pool_fn(hidden_states[index], attention_mask) for index in indices]
+
+
+def model_layers(model, spec: int | float | Sequence[int | float]) -> list[int]:
+    """``resolve_layers(spec)`` against this model's depth, the model named in errors."""
+    name = getattr(model.config, "_name_or_path", "model") or "model"
+    return resolve_layers(spec, num_blocks(model), model_name=name)

@@ -4,7 +4,7 @@ cross-lingual transfer, which is what alignment should improve."""
 
 from __future__ import annotations
 
-from xalign.eval.tasks.base import Task, Template
+from xalign.tasks.base import Task, Template
 
 
 def _world_prepare(row: dict, w, lang: str) -> dict:

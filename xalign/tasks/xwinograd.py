@@ -18,7 +18,7 @@ The two template families score different text:
 
 from __future__ import annotations
 
-from xalign.eval.tasks.base import Hub, Task, Template, one_based_label
+from xalign.tasks.base import Hub, Task, Template, one_based_label
 
 #: Our language codes; the hub (and lm-eval) call Japanese "jp".
 LANGUAGES = ("en", "fr", "ja", "pt", "ru", "zh")

@@ -3,7 +3,7 @@ label 0 = choice1, 1 = choice2."""
 
 from __future__ import annotations
 
-from xalign.eval.tasks.base import Hub, Task, Template, binary_label, strip_world_stop
+from xalign.tasks.base import Hub, Task, Template, binary_label, strip_world_stop
 
 #: The paper's shape "{cause|effect}: {premise} {because|so} {choice}" (released code,
 #: src/xcopa_prompt.py, which translated the fixed words for zh and ar only).

@@ -3,7 +3,7 @@ label 0 = entailment, 1 = neutral, 2 = contradiction."""
 
 from __future__ import annotations
 
-from xalign.eval.tasks.base import Hub, Task, Template
+from xalign.tasks.base import Hub, Task, Template
 
 #: The paper's shape: premise, hypothesis, a question naming the three relations, and
 #: "Answer: {label}". The released code (src/xnli_prompt.py) scored the letters A/B/C that

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from xalign.eval.tasks.base import Task, unknown
-from xalign.eval.tasks.facts import FACTS
-from xalign.eval.tasks.pawsx import PAWSX
-from xalign.eval.tasks.xcopa import XCOPA
-from xalign.eval.tasks.xnli import XNLI
-from xalign.eval.tasks.xstorycloze import XSTORYCLOZE
-from xalign.eval.tasks.xwinograd import XWINOGRAD
+from xalign.tasks.base import Task, unknown
+from xalign.tasks.facts import FACTS
+from xalign.tasks.pawsx import PAWSX
+from xalign.tasks.xcopa import XCOPA
+from xalign.tasks.xnli import XNLI
+from xalign.tasks.xstorycloze import XSTORYCLOZE
+from xalign.tasks.xwinograd import XWINOGRAD
 
 TASKS = MappingProxyType({t.name: t for t in (FACTS, PAWSX, XCOPA, XNLI, XSTORYCLOZE, XWINOGRAD)})
 #: Names people reach for, offered as suggestions only.

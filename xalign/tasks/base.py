@@ -21,12 +21,12 @@ text for all answers). The same rules hold with the slot moved: ``fill`` must ha
 
 from __future__ import annotations
 
-import difflib
 import string
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
+from xalign import suggest
 from xalign.errors import XalignError
 
 #: Template families: the paper's shapes, and lm-evaluation-harness 0.4.13's strings.
@@ -44,23 +44,10 @@ class TaskError(XalignError, ValueError):
     Raised while items are built, before any model is loaded."""
 
 
-def did_you_mean(name: Any, choices: Sequence[str], aliases: Optional[Mapping[str, str]] = None) -> str:
-    """" Did you mean 'xcopa'?" for a near miss or a known alias, else ""."""
-    key = str(name)
-    if aliases and key in aliases:
-        return f" Did you mean {aliases[key]!r}?"
-    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
-    if not close:
-        close = difflib.get_close_matches(key.lower(), [c.lower() for c in choices], n=1, cutoff=0.6)
-        close = [c for c in choices if c.lower() in close]
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def unknown(kind: str, name: Any, choices: Sequence[str], *, aliases: Optional[Mapping[str, str]] = None,
             where: str = "") -> TaskError:
     """The error of a registry miss: "Unknown task 'xcpa'. Did you mean 'xcopa'? Available: ..."."""
-    return TaskError(f"{where}Unknown {kind} {name!r}.{did_you_mean(name, choices, aliases)} "
-                     f"Available: {', '.join(sorted(choices)) or '(none)'}")
+    return TaskError(suggest.unknown(kind, name, choices, aliases=aliases, where=where))
 
 
 def _slots(fmt: str) -> tuple[set[str], set[str]]:

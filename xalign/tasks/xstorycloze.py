@@ -3,7 +3,7 @@ answer_right_ending 1 = sentence_quiz1, 2 = sentence_quiz2."""
 
 from __future__ import annotations
 
-from xalign.eval.tasks.base import Hub, Task, Template, one_based_label
+from xalign.tasks.base import Hub, Task, Template, one_based_label
 
 #: Languages of juletxara/xstory_cloze (and lm-eval 0.4.13 tasks/xstorycloze).
 LANGUAGES = ("ar", "en", "es", "eu", "hi", "id", "my", "ru", "sw", "te", "zh")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from xalign.eval.items import EvalItem
-from xalign.eval.tasks.base import (
+from xalign.suggest import did_you_mean
+from xalign.tasks.base import (
     FAMILIES,
     FEWSHOT_DELIMITER,
     PROTOCOLS,
@@ -29,17 +30,16 @@ from xalign.eval.tasks.base import (
     Task,
     TaskError,
     Template,
-    did_you_mean,
     unknown,
 )
-from xalign.eval.tasks.data import (
+from xalign.eval.task_rows import (
     Sources,
     check_language,
     load_rows,
     origin,
     task_languages,
 )
-from xalign.eval.tasks.registry import get_task
+from xalign.tasks.registry import get_task
 
 
 def template_of(task: Task, family: str, *, world: bool) -> Template:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
-from xalign.eval.tasks.base import SPLITS, Hub, Task, TaskError, unknown
+from xalign.tasks.base import SPLITS, Hub, Task, TaskError, unknown
 
 if TYPE_CHECKING:
     from xalign.config.eval import TaskSourceConfig
@@ -61,7 +61,7 @@ def task_languages(task: Union[str, Task], *, world_dir: Optional[Path] = None,
                    sources: Sources = None) -> tuple[str, ...]:
     """Every language ``task`` has: the world's (with ``world_dir``), else the real task's
     languages plus any language named in its ``eval.sources`` entry."""
-    from xalign.eval.tasks.registry import get_task
+    from xalign.tasks.registry import get_task
 
     task = get_task(task) if isinstance(task, str) else task
     if world_dir is not None:

@@ -1,8 +1,9 @@
-"""Response-only language-model loss, and the examples and batches it is computed on.
+"""Collation: language-model examples (prompt + response, labels), padding, packing, and
+the position ids a padded or packed row needs.
 
 Label convention (HF's): ``labels`` is aligned with ``input_ids`` and -100 marks tokens
-that are not predicted (prompt and padding); ``lm_loss`` does the shift, so logits at t
-are scored against labels at t + 1.
+that are not predicted (prompt and padding); ``xalign.objectives.lm.lm_loss`` does the
+shift, so logits at t are scored against labels at t + 1.
 
 Packing puts several examples in one row without letting them see each other: every
 example restarts ``position_ids`` at 0, and the 4D mask is causal AND block-diagonal
@@ -18,27 +19,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-
-from xalign.pooling import position_ids_from_mask
-
 IGNORE_INDEX = -100
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the tokens whose label is not -100.
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only: 0 at each row's first non-pad token.
 
-    Logits at position t predict the label at t + 1. Computed in float32.
+    Pass these as ``position_ids`` so that a left-padded row gets the same positions (and so
+    the same hidden states) as the unpadded sequence. transformers 5.x uses 0..seq-1 when
+    position_ids is omitted, which shifts left-padded rows in models with absolute position
+    embeddings (GPT-2, XGLM, OPT). Pad positions get 0; they are masked anyway.
     """
-    if logits.shape[:2] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree on (batch, seq)")
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:].to(logits.device)
-    if not (shift_labels != IGNORE_INDEX).any():
-        raise ValueError("lm_loss got no labelled token (every label after the first is -100)")
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    mask = attention_mask.long()
+    return (mask.cumsum(dim=-1) - 1).clamp(min=0)
 
 
 def build_lm_example(
