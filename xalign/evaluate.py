@@ -9,10 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from xalign import tracking
-from xalign.config import flatten
 from xalign.config.schema import RunConfig
 from xalign.eval.evaluator import EvalResult, Target, evaluate, plan_items
 from xalign.model import load_model, load_tokenizer
@@ -32,9 +29,7 @@ def run_evaluation(cfg: RunConfig, *, out_dir: Optional[Path] = None) -> EvalRes
     out_dir = out_dir or Path("eval_results") / name
     result = evaluate(model, tokenizer, cfg.eval, target, out_dir=out_dir, items=items)
     if cfg.tracking.enabled:
-        run_id = tracking.start_run(cfg.tracking, run_name=name, params=flatten(cfg),
-                                    config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
-                                    tags={"xalign.kind": "eval"})
+        run_id = tracking.open_run(cfg.tracking, cfg, run_name=name, kind="eval")
         tracking.log_results(cfg.tracking, run_id, result.metrics, result.files)
         tracking.end_run(cfg.tracking, run_id, status="FINISHED")
     return result

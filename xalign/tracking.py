@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
+import yaml
+from pydantic import BaseModel
+
+from xalign.config.loader import flatten
 from xalign.config.schema import TrackingConfig
 from xalign.errors import XalignError
 
@@ -123,8 +127,6 @@ def resolved(cfg: TrackingConfig) -> TrackingConfig:
 def check_reachable(cfg: TrackingConfig) -> None:
     """Fail early, with the URI, when the tracking store cannot be reached (before any run
     or trial starts)."""
-    from xalign.errors import XalignError
-
     if not cfg.enabled:
         return
     uri = tracking_uri(cfg)
@@ -202,6 +204,39 @@ def start_run(cfg: TrackingConfig, *, run_name: str, params: Mapping[str, Any], 
         call("logging params", lambda: client.log_batch(run_id, params=items[i: i + 100]))
     call("logging config.yaml", lambda: client.log_text(run_id, redact(config_yaml), "config.yaml"))
     return run_id
+
+
+def open_run(cfg: TrackingConfig, config: BaseModel, *, run_name: str, kind: str,
+             params: Optional[Mapping[str, Any]] = None, tags: Optional[Mapping[str, str]] = None,
+             parent_run_id: Optional[str] = None, reuse_tag: Optional[str] = None) -> str:
+    """The run of one xalign job (``kind``: train, eval, sweep): ``config`` as the
+    ``config.yaml`` artifact and, flattened to dotted keys, as params (unless ``params`` are
+    given), tagged ``xalign.kind`` and with its parent run. ``reuse_tag``: see ``start_run``."""
+    run_tags = {"xalign.kind": kind, **(tags or {})}
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    return start_run(cfg, run_name=run_name, params=flatten(config) if params is None else params,
+                     config_yaml=yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), tags=run_tags,
+                     reuse_tag=reuse_tag)
+
+
+def sweep_runs(cfg: TrackingConfig, name: str):
+    """(parent run, child runs) of the newest sweep called ``name``, as MLflow Run objects,
+    and a function that downloads an artifact of a run: (run id, path, folder) -> local path."""
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    exp = experiment_id(client, cfg.experiment)
+    parents = client.search_runs([exp], filter_string=f"tags.`xalign.sweep` = '{name}' and tags.`xalign.kind` = 'sweep'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        known = {r.data.tags.get("xalign.sweep") for r in client.search_runs(
+            [exp], filter_string="tags.`xalign.kind` = 'sweep'", max_results=200)}
+        raise XalignError(f"no sweep named {name!r} in experiment {cfg.experiment!r} at "
+                          f"{uri}; sweeps there: {', '.join(sorted(k for k in known if k)) or 'none'}")
+    parent = parents[0]
+    children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  max_results=5000)
+    return parent, children, client.download_artifacts
 
 
 def log_results(cfg: TrackingConfig, run_id: str, metrics: Mapping[str, float], files=(), *, step: int = 0,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from xalign.suggest import did_you_mean
+
 LANGUAGE_NAMES = {
     "af": "Afrikaans", "ar": "Arabic", "az": "Azerbaijani", "bn": "Bengali", "cs": "Czech",
     "de": "German", "en": "English", "es": "Spanish", "et": "Estonian", "fa": "Persian",
@@ -41,15 +43,7 @@ def language_name(code: str, extra: Mapping[str, str] | None = None) -> str:
     says how to add a name (``data.language_names``)."""
     name = known_name(code, extra)
     if name is None:
-        import difflib
-
-        close = difflib.get_close_matches(_base(code), LANGUAGE_NAMES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(_base(code), LANGUAGE_NAMES)
         raise ValueError(f"Unknown language code {code!r}.{hint} Name it in the config, e.g. data.language_names: "
                          f"{{{code}: <English name>}}. Known: {', '.join(sorted(set(LANGUAGE_NAMES) | set(extra or {})))}")
     return name
-
-
-def answer_in_english(src: str, tgt: str) -> str:
-    """The released prompt ending: fixed English words, the target named in English."""
-    return f"Answer in {language_name(tgt)}:"

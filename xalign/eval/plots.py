@@ -76,3 +76,20 @@ def projection(vectors: Mapping[str, torch.Tensor], *, path: Path, title: str = 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def scatter(xs: list, ys: list[float], *, xlabel: str, ylabel: str, path: Path, log_x: bool = False) -> Path:
+    """One point per (x, y); x values that are not all numbers are shown as categories."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    numeric = all(isinstance(x, (int, float)) for x in xs)
+    ax.scatter(xs if numeric else [str(x) for x in xs], ys)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if numeric and log_x:
+        ax.set_xscale("log")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

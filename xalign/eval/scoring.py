@@ -101,7 +101,6 @@ mode are the contexts; XWinograd reports ``acc`` only). Ties go to the first max
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,6 +111,7 @@ import torch
 from torch import nn
 
 from xalign.eval.items import EvalItem, OptionScore
+from xalign.suggest import unknown
 
 NORMALIZATIONS = ("none", "token", "char")
 
@@ -291,9 +291,7 @@ def choose(scores: Sequence[OptionScore], normalization: str = "none") -> int:
 
 def check_normalization(normalization: str) -> None:
     if normalization not in NORMALIZATIONS:
-        close = difflib.get_close_matches(str(normalization), NORMALIZATIONS, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"Unknown normalization '{normalization}'.{hint} Available: {', '.join(NORMALIZATIONS)}")
+        raise ValueError(unknown("normalization", normalization, NORMALIZATIONS))
 
 
 # --- tokenisation ---------------------------------------------------------------------

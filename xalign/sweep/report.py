@@ -7,7 +7,12 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
+import yaml
+
+from xalign import tracking
 from xalign.config.sweep import SweepConfig
+from xalign.eval import plots
+from xalign.sweep.runner import SweepResult, Trial, compute_use
 
 COLUMNS = ("eval/acc_non_pivot", "eval/acc_pivot", "eval/gap", "align/retrieval/top1", "align/mexa")
 
@@ -75,8 +80,6 @@ def compute_line(use: dict, scheduler: str) -> str:
 
 
 def summary(result, sweep: SweepConfig) -> str:
-    from xalign.sweep.runner import compute_use
-
     varied = list(sweep.search)
     out = [f"Sweep {result.name}: {len(result.trials)} trials ({result.path})",
            trial_table([t for t in result.trials if t.phase == "search"], sweep.tune.metrics, varied)]
@@ -89,9 +92,7 @@ def summary(result, sweep: SweepConfig) -> str:
         out.append(f"Best trial {result.best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in result.best.params.items()))
         out.append(comparison(result, result.base_metrics))
     if result.parent_run_id:
-        from xalign.tracking import tracking_uri
-
-        uri = tracking_uri(sweep.tracking)
+        uri = tracking.tracking_uri(sweep.tracking)
         out.append(f"MLflow: mlflow ui --backend-store-uri {uri}  (parent run {result.parent_run_id}; "
                    "then http://127.0.0.1:5000)")
         out.append(f"Report: xalign report {result.name} tracking_uri={uri} experiment={sweep.tracking.experiment}")
@@ -100,37 +101,10 @@ def summary(result, sweep: SweepConfig) -> str:
 
 # --- `xalign report SWEEP_NAME`: a sweep read back from MLflow ----------------------------
 
-def load_sweep_runs(tracking_cfg, name: str):
-    """(parent run, child runs) of the newest sweep called ``name``."""
-    from mlflow.tracking import MlflowClient
-
-    from xalign.errors import XalignError
-    from xalign.tracking import experiment_id, tracking_uri
-
-    client = MlflowClient(tracking_uri=tracking_uri(tracking_cfg))
-    exp = experiment_id(client, tracking_cfg.experiment)
-    parents = client.search_runs([exp], filter_string=f"tags.`xalign.sweep` = '{name}' and tags.`xalign.kind` = 'sweep'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
-    if not parents:
-        known = {r.data.tags.get("xalign.sweep") for r in client.search_runs(
-            [exp], filter_string="tags.`xalign.kind` = 'sweep'", max_results=200)}
-        raise XalignError(f"no sweep named {name!r} in experiment {tracking_cfg.experiment!r} at "
-                          f"{tracking_uri(tracking_cfg)}; sweeps there: {', '.join(sorted(k for k in known if k)) or 'none'}")
-    parent = parents[0]
-    children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  max_results=5000)
-    return client, parent, children
-
-
 def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     """The trials sorted by the first objective (the params that varied, per-language
     accuracy, gap, retrieval, wall time), the best config as YAML, and plots."""
-    import yaml
-
-    from xalign.eval.plots import accuracy_bars
-    from xalign.sweep.runner import Trial
-
-    client, parent, children = load_sweep_runs(tracking_cfg, name)
+    parent, children, download = tracking.sweep_runs(tracking_cfg, name)
     objectives = {k.removeprefix("tune.metrics."): v for k, v in parent.data.params.items()
                   if k.startswith("tune.metrics.")} or {"eval/acc_non_pivot": "max"}
     searched = [k.removeprefix("search.") for k in parent.data.params if k.startswith("search.")]
@@ -157,33 +131,28 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     base = {k.removeprefix("best/"): v for k, v in parent.data.metrics.items() if k.startswith("best/base/")}
     base.update({k: v for k, v in parent.data.metrics.items() if k.startswith("base/")})
     if best_id:
-        from xalign.sweep.runner import SweepResult
-
         best = next((t for t in trials if t.trial_id == best_id), None)
         lines.append(comparison(SweepResult(name, trials, best, [], parent.info.run_id, ""), base))
-        path = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(out_dir))
+        path = download(parent.info.run_id, "best_config.yaml", str(out_dir))
         lines.append("Best config (ready to run with `xalign train`):\n" + Path(path).read_text())
         if best is not None:
             pivot = next((k.split("/")[2] for k in best.metrics if k.startswith("eval/") and k.count("/") == 3
                           and best.metrics.get(k.rsplit("/", 2)[0] + "/gap") is not None), None)
             merged = {**{k: v for k, v in best.metrics.items() if k.startswith("eval/")}, **base}
             out_dir.mkdir(parents=True, exist_ok=True)
-            accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "best_accuracy.png",
+            plots.accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "best_accuracy.png",
                           title=f"best trial {best_id}")
-            accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "base_accuracy.png",
+            plots.accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "base_accuracy.png",
                           prefix="base", title="base model")
     search = [t for t in trials if t.phase == "search" and "eval/gap" in t.metrics]
     for key in searched:
         if search:
             scatter(search, key, "eval/gap", out_dir / f"gap_vs_{key.replace('.', '_')}.png")
     lines.append(f"Plots: {out_dir}")
-    del yaml
     return "\n".join(lines)
 
 
 def _parse(value):
-    import yaml
-
     try:
         return yaml.safe_load(value) if value is not None else None
     except yaml.YAMLError:
@@ -202,20 +171,6 @@ def _pivot(metrics: dict) -> str | None:
 
 
 def scatter(trials: Sequence, key: str, metric: str, path: Path) -> Path:
-    from xalign.eval.plots import _pyplot
-
-    plt = _pyplot()
-    xs = [t.params.get(key) for t in trials]
-    ys = [100 * t.metrics[metric] for t in trials]
-    fig, ax = plt.subplots(figsize=(4, 3))
-    numeric = all(isinstance(x, (int, float)) for x in xs)
-    ax.scatter(xs if numeric else [str(x) for x in xs], ys)
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"{metric} (points)")
-    if numeric and key.endswith("temperature"):
-        ax.set_xscale("log")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    """``metric`` (in points) against the value of ``key`` each trial had."""
+    return plots.scatter([t.params.get(key) for t in trials], [100 * t.metrics[metric] for t in trials],
+                         xlabel=key, ylabel=f"{metric} (points)", path=path, log_x=key.endswith("temperature"))

@@ -123,9 +123,8 @@ def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: st
             tracking.reopen_run(sweep.tracking, run_id)
         return run_id
     space = {f"search.{k}": json.dumps(v.model_dump(exclude_none=True)) for k, v in sweep.search.items()}
-    run_id = tracking.start_run(sweep.tracking, run_name=name, params={**space, **flatten(sweep.tune, "tune")},
-                                config_yaml=yaml.safe_dump(sweep.model_dump(mode="json"), sort_keys=False),
-                                tags={"xalign.kind": "sweep", "xalign.sweep": name})
+    run_id = tracking.open_run(sweep.tracking, sweep, run_name=name, kind="sweep",
+                               params={**space, **flatten(sweep.tune, "tune")}, tags={"xalign.sweep": name})
     tracking.log_text(sweep.tracking, run_id, sweep_file.read_text(encoding="utf-8"), f"sweep/{sweep_file.name}")
     return run_id
 

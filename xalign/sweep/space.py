@@ -1,18 +1,18 @@
 """Search spaces and objectives: Optuna-style distributions from a sweep file as Ray Tune
-domains (which OptunaSearch hands to Optuna), the periodic dev counterpart of an
-objective, and the Pareto front of a multi-objective sweep."""
+domains (which OptunaSearch hands to Optuna), and the Pareto front of a multi-objective
+sweep."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
+
+from ray import tune
 
 from xalign.config.sweep import Distribution
 
 
 def tune_space(search: Mapping[str, Distribution]) -> dict[str, Any]:
     """{dotted key: Tune domain}. Int bounds are inclusive, as in Optuna."""
-    from ray import tune
-
     space = {}
     for key, dist in search.items():
         if dist.categorical is not None:
@@ -26,11 +26,6 @@ def tune_space(search: Mapping[str, Distribution]) -> dict[str, Any]:
             space[key] = (tune.qrandint(i.low, i.high, i.step) if i.step else
                           tune.lograndint(i.low, i.high + 1) if i.log else tune.randint(i.low, i.high + 1))
     return space
-
-
-def dev_metric(metric: str) -> str:
-    """The periodic (dev split) metric that tracks a final objective: eval/x -> dev/x."""
-    return "dev/" + metric.split("/", 1)[1] if metric.startswith(("eval/", "base/")) else metric
 
 
 def dominates(a: Mapping[str, float], b: Mapping[str, float], objectives: Mapping[str, str]) -> bool:

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import ray.train
-import yaml
 from ray.train.torch import TorchTrainer
 
 from xalign import storage, tracking
-from xalign.config import flatten
 from xalign.config.schema import RunConfig
 from xalign.data import build_alignment_data
 from xalign.model import check_model, load_tokenizer
@@ -112,12 +110,8 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     run_id = uri = None
     if cfg.tracking.enabled:
         uri = tracking.tracking_uri(cfg.tracking)
-        run_tags = {"xalign.kind": "train", **(tags or {})}
-        if parent_run_id:
-            run_tags["mlflow.parentRunId"] = parent_run_id
-        run_id = tracking.start_run(cfg.tracking, run_name=name, params=flatten(cfg),
-                                    config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
-                                    tags=run_tags, reuse_tag="xalign.trial_id" if "xalign.trial_id" in run_tags else None)
+        run_id = tracking.open_run(cfg.tracking, cfg, run_name=name, kind="train", tags=tags, parent_run_id=parent_run_id,
+                                   reuse_tag="xalign.trial_id" if "xalign.trial_id" in (tags or {}) else None)
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     plan = evaluation_plan(cfg, world_dir)
