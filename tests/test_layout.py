@@ -14,12 +14,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "xalign"
 
-LEAVES = {"xalign.errors", "xalign.suggest", "xalign.paths"}
+LEAVES = {"xalign.errors", "xalign.suggest", "xalign.paths", "xalign.progress"}
 #: What each part of xalign may import, besides itself (docs/architecture.md, "Import rule").
 BELOW = {
     "xalign.errors": set(),
     "xalign.suggest": set(),
     "xalign.paths": set(),
+    "xalign.progress": set(),
     "xalign.tasks": LEAVES,
     "xalign.config": LEAVES | {"xalign.tasks"},
     "xalign.data": LEAVES | {"xalign.config"},

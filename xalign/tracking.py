@@ -148,8 +148,14 @@ def check_reachable(cfg: TrackingConfig) -> None:
 
 
 def experiment_id(client, name: str) -> str:
+    """The experiment's id, created when missing, and tagged as a model-training experiment
+    (``mlflow.experimentKind``) unless someone set its kind already."""
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in (experiment.tags or {}):
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def find_run(cfg: TrackingConfig, tags: Mapping[str, str]) -> Optional[str]:
@@ -409,3 +415,58 @@ def send_unsent(cfg: TrackingConfig, run_id: str, directory: Path, *, where: str
             raise TrackingError(f"{exc}. The {len(logger.pending)} metric values are kept in "
                                 f"{where.rstrip('/')}/{UNSENT_FILE}") from exc
     return count
+
+
+# --- Opening MLflow's UI on the right page ---------------------------------------------------
+# Read in MLflow 3.17's UI bundle (mlflow/server/js/build): the experiment page picks the
+# GenAI pages or the training-runs pages from the sidebar's workflow type, which comes from
+# the URL's ``workflowType`` (genai | machine_learning), else the browser's localStorage,
+# default genai; it does not reconcile it with the ``mlflow.experimentKind`` tag
+# (mlflow/mlflow#24498). The tag still matters: it stops the UI asking for the experiment's
+# type, and earlier MLflow 3 UIs read it. The runs table's columns are per-browser state, but
+# a saved view is stored server-side as the experiment tag ``mlflow.sharedViewState.<key>``
+# (JSON ``{name, createdAt, updatedAt, state}``, ``state`` a JSON string of the URL state
+# (searchFilter, orderByKey, ...) and the table state (selectedColumns, ...)) and opened with
+# ``#/experiments/<id>/runs?viewStateShareKey=<key>``; it also appears in the "Views" menu.
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"   # shown as "Machine learning" in MLflow's UI
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+UI_PORT = 5000
+
+
+def view_key(name: str) -> str:
+    """The saved-view key of a sweep (letters, digits, - and _ only: it goes into a URL)."""
+    return "xalign-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")
+
+
+def save_view(cfg: TrackingConfig, key: str, *, title: str, search_filter: str, metrics: list[str],
+              params: list[str] = (), order_by: str = "attributes.start_time", ascending: bool = True) -> None:
+    """Store a saved view of the runs table in the experiment: these runs, with these metric
+    and param columns. Best effort: a store that refuses it leaves the runs untouched."""
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
+    state = {"searchFilter": search_filter, "orderByKey": order_by, "orderByAsc": ascending,
+             "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+             "selectedColumns": columns, "columnOrder": [], "runsHiddenMode": "SHOW_ALL",
+             "columnWidths": {"tags.`mlflow.runName`": 360}}
+    now = int(time.time() * 1000)
+    value = json.dumps({"name": title, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+    exp = with_retries("opening the experiment", uri, cfg.retry_seconds, lambda: experiment_id(client, cfg.experiment))
+    with_retries("saving the runs view", uri, cfg.retry_seconds,
+                 lambda: client.set_experiment_tag(exp, VIEW_TAG_PREFIX + key, value))
+
+
+def ui_link(cfg: TrackingConfig, *, view: Optional[str] = None, port: int = UI_PORT) -> tuple[Optional[str], str]:
+    """(the command that serves MLflow's UI on this store, or None for a tracking server;
+    the URL of the experiment's training-runs view, opened on ``view`` when given)."""
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    exp = with_retries("opening the experiment", uri, cfg.retry_seconds, lambda: experiment_id(client, cfg.experiment))
+    query = (f"viewStateShareKey={view}&" if view else "") + "workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        command, base = None, redact(uri).rstrip("/")
+    else:
+        command, base = f"mlflow ui --backend-store-uri {redact(uri)} --port {port}", f"http://127.0.0.1:{port}"
+    return command, f"{base}/#/experiments/{exp}/runs?{query}"

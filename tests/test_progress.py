@@ -1,0 +1,70 @@
+"""xalign.progress without a terminal: plain lines at a steady rate (first and last always),
+the relay from a Ray worker's marker lines to the driver's display, and the forced modes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from xalign import progress
+
+BAR_CHARS = set("█▏▎▍▌▋▊▉|\r")
+
+
+def test_plain_lines_first_at_once_then_at_the_interval_and_a_final_line(monkeypatch):
+    monkeypatch.setenv("XALIGN_PROGRESS_INTERVAL", "3600")
+    monkeypatch.delenv("XALIGN_PROGRESS", raising=False)
+    out = io.StringIO()
+    with progress.bar("base model", total=50, unit="step", target=out) as p:
+        for i in range(50):
+            p.update(1, loss=3.0 - i / 100)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines                       # the start and the end, nothing between
+    assert lines[0] == "base model: 0/50 step (0%), 0s so far"
+    assert lines[1].startswith("base model: 50/50 step (100%), loss 2.51, ") and "done in" in lines[1]
+    assert not BAR_CHARS & set(out.getvalue())
+
+
+def test_plain_lines_come_at_most_once_per_interval(monkeypatch):
+    monkeypatch.setenv("XALIGN_PROGRESS_INTERVAL", "0")
+    out = io.StringIO()
+    with progress.bar("eval xcopa/qab", total=4, unit="item", target=out) as p:
+        for _ in range(4):
+            p.update(1)
+    lines = out.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"eval xcopa/qab: {i}/4 item ({25 * i}%)" for i in range(5)] + \
+        ["eval xcopa/qab: 4/4 item (100%)"]
+    assert "left" in lines[2] and "item/s" in lines[2]
+
+
+def test_a_relayed_worker_line_becomes_the_drivers_display(monkeypatch):
+    monkeypatch.setenv("XALIGN_PROGRESS_INTERVAL", "0")
+    worker_out = io.StringIO()
+    with progress.bar("train demo", total=10, unit="step", mode="relay", target=worker_out) as p:
+        p.update(5, loss=1.25)
+    marker_lines = worker_out.getvalue().splitlines()
+    assert marker_lines and all(line.startswith(progress.RELAY_PREFIX) for line in marker_lines)
+    assert json.loads(marker_lines[-1][len(progress.RELAY_PREFIX):])["final"] is True
+
+    driver_out = io.StringIO()
+    assert not progress.relayed("an ordinary line", target=driver_out)
+    for line in marker_lines:
+        assert progress.relayed(line, target=driver_out)
+    shown = driver_out.getvalue().splitlines()
+    assert shown[-1].startswith("train demo: 5/10 step (50%), loss 1.25") and "done in" in shown[-1]
+
+
+def test_forced_off_prints_nothing_and_notes_still_print(monkeypatch):
+    monkeypatch.setenv("XALIGN_PROGRESS", "off")
+    out = io.StringIO()
+    with progress.bar("quiet", total=3, target=out) as p:
+        p.update(3)
+    assert out.getvalue() == ""
+    progress.note("a result line", target=out)
+    assert out.getvalue() == "a result line\n"
+
+
+def test_numbers_are_short():
+    assert progress.fmt_value(5234.7) == "5235" and progress.fmt_value(52347.0) == "52.3k"
+    assert progress.fmt_value(0.123456) == "0.1235" and progress.fmt_value(120000) == "120,000"
+    assert progress.fmt_seconds(75) == "1m15s" and progress.fmt_seconds(7300) == "2h01m"
