@@ -77,13 +77,23 @@ def looks_like_local_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or value in (".", "..")
 
 
+def _absolute_gguf(value: Optional[str]) -> Optional[str]:
+    """A GGUF file named relative to where the command runs is made absolute, so that Ray
+    workers (which run elsewhere) find the same file (and its converted copy in the cache)."""
+    if value is not None and value.lower().endswith(".gguf") and not value.startswith("/"):
+        return str(Path(value).expanduser().absolute())
+    return value
+
+
 ModelPath = Annotated[Optional[str], AfterValidator(_local_path_exists)]
 
 
 
 class ModelConfig(Section):
-    #: HF hub id, local path, or "world" (the synthetic world's base model).
-    name_or_path: ModelPath = WORLD_MODEL
+    #: HF hub id, local path, a ``.gguf`` file (converted once to an HF folder in
+    #: $XALIGN_HOME/cache/gguf, needs ``pip install 'xalign[gguf]'``), or "world" (the
+    #: synthetic world's base model).
+    name_or_path: Annotated[ModelPath, AfterValidator(_absolute_gguf)] = WORLD_MODEL
     #: Tokenizer id or path; None = the model's own.
     tokenizer: ModelPath = None
     #: Compute dtype. Training keeps fp32 master weights and runs bf16 under autocast (the
@@ -110,7 +120,9 @@ class SourceConfig(Section):
     split: str = "train"
     #: Local file, glob, or directory; ``{lang}`` is replaced per language.
     path: Optional[str] = None
-    format: Literal["auto", "json", "jsonl", "csv", "tsv", "parquet", "disk"] = "auto"
+    #: "bitext": line-aligned parallel text files, one per language (data.pairs only;
+    #: ``path`` is a template with {lang}, {pivot}, {side} and {pair}, see xalign.data.bitext).
+    format: Literal["auto", "json", "jsonl", "csv", "tsv", "parquet", "disk", "bitext"] = "auto"
     #: Renames: our column name -> the source's column name.
     columns: dict[str, str] = Field(default_factory=dict)
     #: Read Parquet, hub and save_to_disk sources as a stream (a ``datasets`` iterable
@@ -124,11 +136,32 @@ class SourceConfig(Section):
     #: the first one is an error.
     max_bad_lines: NonNegInt = 0
 
+    #: Bitext only: the language codes the file names use: "run" = the run's codes (de, zh),
+    #: "iso639-3" = ISO 639-3 codes (deu, cmn, swh, eng: Tatoeba), mapped by xalign.data.iso639.
+    file_codes: Literal["run", "iso639-3"] = "run"
+    #: Bitext only: ISO 639-3 code -> the run's code, added to (and tried before) the
+    #: built-in table, e.g. {yue: zh}.
+    iso639_3: dict[str, str] = Field(default_factory=dict)
+    #: Pairs per language (an int) or a share of them (a float < 1) held out: never trained
+    #: on, they feed the retrieval and MEXA metrics (align/...) of real runs. 0 = none.
+    heldout: Union[NonNegInt, Annotated[float, Field(gt=0, lt=1)]] = 0
+
     @model_validator(mode="after")
     def _one_origin(self) -> "SourceConfig":
         if (self.hub is None) == (self.path is None):
             raise ValueError(
                 f"exactly one of `hub` and `path` must be set, got hub={self.hub!r}, path={self.path!r}")
+        if self.format == "bitext":
+            if self.hub is not None:
+                raise ValueError("format: bitext reads local files; set `path` (a template such as "
+                                 "/data/tatoeba/{lang}-{pivot}.{side}), not `hub`")
+            if "{side}" not in self.path:
+                raise ValueError(f"format: bitext needs `{{side}}` in `path` (the language of each file: "
+                                 f"e.g. /data/tatoeba/{{lang}}-{{pivot}}.{{side}} or /data/europarl.{{pair}}.{{side}}), "
+                                 f"got {self.path!r}")
+            return self
+        if self.file_codes != "run" or self.iso639_3:
+            raise ValueError("`file_codes` and `iso639_3` apply to format: bitext only")
         if self.path is not None and "{lang}" not in self.path and not any(c in self.path for c in "*?["):
             if not Path(self.path).expanduser().exists():
                 raise ValueError(f"`path` does not exist: {self.path!r} (resolved from {Path.cwd()})")
@@ -342,8 +375,15 @@ class RunConfig(Section):
 
 def uses_world(cfg: RunConfig) -> bool:
     """The run needs the synthetic world: for its base model, or for data (its instructions
-    when none are configured; pairs come from configured pairs, else from the instructions)."""
-    return cfg.model.name_or_path == WORLD_MODEL or cfg.data.instructions is None
+    when none are configured; pairs come from configured pairs, else from the instructions).
+    Bitext pairs without instructions need no world: the LM term trains on translation
+    samples of the same pairs."""
+    return cfg.model.name_or_path == WORLD_MODEL or (cfg.data.instructions is None and not bitext_only(cfg))
+
+
+def bitext_only(cfg: RunConfig) -> bool:
+    """Pairs from bitext files and no instruction data: LM samples are translations of the pairs."""
+    return cfg.data.pairs is not None and cfg.data.pairs.format == "bitext" and cfg.data.instructions is None
 
 
 def evaluates_world(cfg: RunConfig) -> bool:

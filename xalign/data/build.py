@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
-from xalign.config.schema import RunConfig
+from xalign.config.schema import RunConfig, bitext_only
 from xalign.data.batches import (
     TokenizedPairs,
     collate_lm_batch,
@@ -24,7 +25,8 @@ from xalign.data.cache import (
     save_entry,
     tokenizer_fingerprint,
 )
-from xalign.data.instructions import cross_lingual_samples
+from xalign.data.bitext import bitext_fingerprint, read_bitext, split_heldout
+from xalign.data.instructions import InstructionBuild, cross_lingual_samples
 from xalign.data.languages import LANGUAGE_NAMES, known_name
 from xalign.data.mix import (
     DROP_REASONS,
@@ -35,6 +37,7 @@ from xalign.data.mix import (
     mix_metrics,
     pair_key,
     resample_by_language,
+    translation_samples,
 )
 from xalign.data.prompts import english_words, world_words
 from xalign.data.sources import (
@@ -105,6 +108,10 @@ class Sources:
     items: dict                     # lang -> id -> instruction item
     words: object                   # PromptWords
     bad_lines: dict[str, int] = field(default_factory=dict)   # source -> malformed lines skipped
+    #: Pairs of data.pairs held out (``heldout``): never trained on, for retrieval and MEXA.
+    heldout: list[dict] = field(default_factory=list)
+    #: Bitext: pairs dropped per language for an empty line on either side.
+    bitext_empty: dict[str, int] = field(default_factory=dict)
 
 
 def check_language_names(cfg: RunConfig, languages) -> None:
@@ -122,7 +129,9 @@ def check_language_names(cfg: RunConfig, languages) -> None:
 def read_sources(cfg: RunConfig, world_dir: Path | None) -> Sources:
     """Pivot, other languages, pairs, instruction items by language and id, and prompt words
     from the configured real sources, the synthetic world filling in what is not configured."""
-    world = load_world_data(world_dir) if world_dir is not None and cfg.data.instructions is None else None
+    bitext = bitext_only(cfg)
+    world = (load_world_data(world_dir) if world_dir is not None and cfg.data.instructions is None and not bitext
+             else None)
     pivot = cfg.data.pivot or (world.pivot if world else None)
     languages = cfg.data.languages or (world.languages if world else None)
     if world is not None:
@@ -141,21 +150,54 @@ def read_sources(cfg: RunConfig, world_dir: Path | None) -> Sources:
             items[lang] = {str(row["id"]): row for row in rows}
             bad_lines[f"instructions/{lang}"] = rows.bad_lines
         words = english_words(cfg.data.mix.target_name_in, cfg.data.language_names)
+    elif bitext:                     # no instructions: the LM term trains on translations of the pairs
+        check_language_names(cfg, [pivot, *others])
+        items, words = {}, english_words(cfg.data.mix.target_name_in, cfg.data.language_names)
     else:
         items, words = world.instructions, world_words(world, cfg.data.mix.target_name_in)
     if cfg.objective.hard_negatives and cfg.data.pairs is None:
         raise SourceError("objective.hard_negatives: only a data.pairs source can bring hard negatives (a "
                           "`hard_negative` column, in the target language); the configured pairs have none")
-    if cfg.data.pairs is not None:
+    heldout: list[dict] = []
+    empty: dict[str, int] = {}
+    if cfg.data.pairs is not None and cfg.data.pairs.format == "bitext":
+        if cfg.objective.hard_negatives:
+            raise SourceError("objective.hard_negatives: bitext files (data.pairs.format: bitext) hold no hard "
+                              "negatives; give the pairs as JSONL/CSV with a `hard_negative` column, or turn it off")
+        read = read_bitext(cfg.data.pairs, pivot=pivot, languages=others, key="data.pairs")
+        bad_lines["pairs"], empty = read.bad_lines, read.empty
+        pairs, heldout = split_heldout(read.pairs, cfg.data.pairs.heldout, seed=cfg.seed)
+    elif cfg.data.pairs is not None:
         required = PAIR_COLUMNS + (("hard_negative",) if cfg.objective.hard_negatives else ())
         rows = load_source(cfg.data.pairs, required=required, key="data.pairs")
         bad_lines["pairs"] = rows.bad_lines
         pairs = [p for p in rows if p["tgt_lang"] in others and p["src_lang"] == pivot]
+        pairs, heldout = split_heldout(pairs, cfg.data.pairs.heldout, seed=cfg.seed)
     elif world is not None:
         pairs = [p for p in world.pairs if p["tgt_lang"] in others]
     else:
         pairs = pairs_from_instructions(items, pivot=pivot, others=others)
-    return Sources(pivot, others, pairs, items, words, bad_lines)
+    return Sources(pivot, others, pairs, items, words, bad_lines, heldout, empty)
+
+
+def heldout_pairs(cfg: RunConfig) -> dict[str, dict[str, list[str]]]:
+    """The held-out pairs of ``data.pairs`` (``heldout``) by language: {lang: {"pivot": [...],
+    "tgt": [...]}}, row i of one the translation of row i of the other; {} when none are held
+    out. The same split as the training data's (same files, same seed), so never trained on."""
+    if cfg.data.pairs is None or not cfg.data.pairs.heldout or cfg.data.pivot is None:
+        return {}
+    others = [lang for lang in cfg.data.languages or [] if lang != cfg.data.pivot]
+    if cfg.data.pairs.format == "bitext":
+        pairs = read_bitext(cfg.data.pairs, pivot=cfg.data.pivot, languages=others, key="data.pairs").pairs
+    else:
+        rows = load_source(cfg.data.pairs, required=PAIR_COLUMNS, key="data.pairs")
+        pairs = [p for p in rows if p["tgt_lang"] in others and p["src_lang"] == cfg.data.pivot]
+    out: dict[str, dict[str, list[str]]] = {}
+    for pair in split_heldout(pairs, cfg.data.pairs.heldout, seed=cfg.seed)[1]:
+        entry = out.setdefault(pair["tgt_lang"], {"pivot": [], "tgt": []})
+        entry["pivot"].append(pair["src"])
+        entry["tgt"].append(pair["tgt"])
+    return out
 
 
 def pairs_from_instructions(items, *, pivot: str, others) -> list[dict]:
@@ -168,13 +210,17 @@ def pairs_from_instructions(items, *, pivot: str, others) -> list[dict]:
             for lang in others for i in sorted(set(items[pivot]) & set(items[lang]))]
 
 
-def replay_texts(cfg: RunConfig, world_dir: Path | None, pivot: str, bad_lines: dict) -> list[str]:
-    """Pivot pre-training text for replay: ``data.replay`` (a ``text`` column), else the
-    world's pivot corpus (one document per line)."""
+def replay_texts(cfg: RunConfig, world_dir: Path | None, pivot: str, bad_lines: dict,
+                 pairs: Sequence[dict] = ()) -> list[str]:
+    """Pivot pre-training text for replay: ``data.replay`` (a ``text`` column), else, with
+    bitext and no instructions, the pivot side of the training pairs, else the world's pivot
+    corpus (one document per line)."""
     if cfg.data.replay is not None:
         rows = load_source(cfg.data.replay, required=("text",), key="data.replay")
         bad_lines["replay"] = rows.bad_lines
         return [row["text"] for row in rows if row["text"]]
+    if bitext_only(cfg):
+        return list(dict.fromkeys(p["src"] for p in pairs if p["src_lang"] == pivot))
     if world_dir is None:
         return []
     path = Path(world_dir) / "corpus" / f"{pivot}.txt"
@@ -186,7 +232,9 @@ def data_cache_key(cfg: RunConfig, tokenizer, world_dir: Path | None) -> str:
     sources' content, the world's manifest, the tokenizer, the data config and the seed."""
     d = cfg.data
     sources: dict[str, str] = {}
-    if d.pairs is not None:
+    if d.pairs is not None and d.pairs.format == "bitext":
+        sources["pairs"] = bitext_fingerprint(d.pairs, pivot=d.pivot, languages=d.languages, key="data.pairs")
+    elif d.pairs is not None:
         sources["pairs"] = source_fingerprint(d.pairs, key="data.pairs")
     if d.instructions is not None:
         for lang in dict.fromkeys([d.pivot, *d.languages]):
@@ -260,13 +308,19 @@ def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
     pair_texts = [filtered.kept[i] for i in tokenized.kept]
 
     # LM samples: cross-lingual instructions, a share of them replaced by translation samples.
-    build = cross_lingual_samples(items, languages=languages, answer_in=words.answer_in,
-                                  cross_probability=mix.cross_probability, repeat=mix.repeat,
-                                  seed=cfg.seed, language_weights=mix.pair_weights or None)
-    samples = mix_lm_samples(build.samples, pair_texts, share=mix.translation_share, words=words,
-                             template=mix.translation_template, seed=cfg.seed)
+    if items:
+        build = cross_lingual_samples(items, languages=languages, answer_in=words.answer_in,
+                                      cross_probability=mix.cross_probability, repeat=mix.repeat,
+                                      seed=cfg.seed, language_weights=mix.pair_weights or None)
+        samples = mix_lm_samples(build.samples, pair_texts, share=mix.translation_share, words=words,
+                                 template=mix.translation_template, seed=cfg.seed)
+    else:   # bitext without instructions: one translation sample per pair, its direction drawn
+        build = InstructionBuild([], 0, {})
+        samples = translation_samples(pair_texts, len(pair_texts), words=words, template=mix.translation_template,
+                                      seed=cfg.seed)
     if mix.replay_share > 0:
-        samples = add_replay(samples, replay_texts(cfg, world_dir, pivot, src.bad_lines), share=mix.replay_share, pivot=pivot,
+        samples = add_replay(samples, replay_texts(cfg, world_dir, pivot, src.bad_lines, pair_texts),
+                             share=mix.replay_share, pivot=pivot,
                              seed=cfg.seed, tokenizer=tokenizer, max_length=cfg.data.max_length)
     tokenized_lm = tokenize_lm(tokenizer, samples, max_length=cfg.data.max_length)
     examples, truncated = tokenized_lm.examples, tokenized_lm.truncated
@@ -290,6 +344,8 @@ def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
         "prompts_truncated": truncated,
         "lm_dropped_too_long": sum(tokenized_lm.too_long_by.values()),
         "bad_lines": dict(src.bad_lines),
+        "bitext_empty": dict(src.bitext_empty),
+        "heldout": dict(Counter(p["tgt_lang"] for p in src.heldout)),
     }
     return AlignmentData(tokenized, examples, tokenizer.pad_token_id, cfg.data.pack, cfg.data.max_length, stats)
 

@@ -217,6 +217,8 @@ def mix_metrics(stats: Mapping) -> dict[str, float]:
         data/lm/instruction/qab-qac      LM samples by kind and direction
         data/instruction_ids_dropped, data/prompts_truncated, data/lm_dropped_too_long
         data/bad_lines/pairs             malformed lines skipped, by source (and data/bad_lines/total)
+        data/bitext_empty/<lang>         bitext pairs dropped for an empty line on either side
+        data/heldout/<lang>              pairs held out of training (data.pairs.heldout) for align/...
     """
     out: dict[str, float] = {}
 
@@ -245,6 +247,10 @@ def mix_metrics(stats: Mapping) -> dict[str, float]:
     for kind, counts in lm.get("by_direction", {}).items():
         for direction, n in counts.items():
             put(f"lm/{kind}/{direction}", n)
+    for lang, n in stats.get("bitext_empty", {}).items():
+        put(f"bitext_empty/{lang}", n)
+    for lang, n in stats.get("heldout", {}).items():
+        put(f"heldout/{lang}", n)
     bad = stats.get("bad_lines", {})
     for source, n in bad.items():
         put(f"bad_lines/{source}", n)
