@@ -24,6 +24,8 @@ from transformers import (
     BloomForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -96,6 +98,12 @@ def build_model(kind: str, vocab_size: int, *, seed: int = 0, dtype=torch.float3
     elif kind == "bloom":
         config = BloomConfig(vocab_size=vocab_size, hidden_size=32, n_layer=2, n_head=4)
         model = BloomForCausalLM(config)
+    elif kind == "gemma3":  # sliding-window and global layers, softcapped logits: the LM head's output is processed
+        config = Gemma3TextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                                  layer_types=["sliding_attention", "full_attention"] * 2, max_position_embeddings=512,
+                                  final_logit_softcapping=5.0, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+        model = Gemma3ForCausalLM(config)
     else:
         raise ValueError(kind)
     # random init gives near-uniform predictions; sharpen them so scores differ clearly
@@ -194,7 +202,7 @@ def bpe():
 # --- cached prefix == full forward ----------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "bloom"])
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bloom", "gemma3"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_cached_prefix_equals_full_forward(kind, side, wl_tokenizers):
     tokenizer = wl_tokenizers[side]
@@ -209,6 +217,29 @@ def test_cached_prefix_equals_full_forward(kind, side, wl_tokenizers):
     assert_scores_equal(result.scores, reference_scores(model, tokenizer, items, [tokenizer.bos_token_id]))
     assert result.stats.prefixes == 4 and result.stats.fallbacks == 0
     assert result.stats.cached == sum(len(it.options) for it in items if it.prefix)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bloom", "gemma3"])
+@pytest.mark.parametrize("reuse_prefix", [True, False], ids=["prefix-cache", "no-cache"])
+def test_lm_head_only_at_read_positions_gives_the_full_vocab_scores(kind, reuse_prefix, wl_tokenizers):
+    """The LM head runs at the read positions only (fewer head rows than tokens run), and the
+    scores, greedy flags and predictions equal those from logits at every position."""
+    tokenizer = wl_tokenizers["right"]
+    model = build_model(kind, len(tokenizer))
+    items = make_items(DEMOS, task="a") + make_items("", task="c") + winograd_items(DEMOS, task="w")
+    head_rows = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, o: head_rows.append(o.shape[:-1].numel()))
+    fast = score_items_with_stats(model, tokenizer, items, batch_size=4, reuse_prefix=reuse_prefix)
+    fast_rows, head_rows[:] = sum(head_rows), []
+    full = score_items_with_stats(model, tokenizer, items, batch_size=4, reuse_prefix=reuse_prefix, full_vocab=True)
+    handle.remove()
+    assert fast.stats == full.stats
+    assert fast_rows < full.stats.tokens_run <= sum(head_rows)  # padding counts in the full logits too
+    for mine, theirs in zip(fast.scores, full.scores, strict=True):
+        for a, b in zip(mine, theirs, strict=True):
+            assert abs(a.logprob - b.logprob) <= 1e-5
+            assert (a.n_tokens, a.n_chars, a.is_greedy) == (b.n_tokens, b.n_chars, b.is_greedy)
+        assert choose(mine) == choose(theirs)
 
 
 def test_no_items(wl_tokenizers):

@@ -89,6 +89,27 @@ ModelPath = Annotated[Optional[str], AfterValidator(_local_path_exists)]
 
 
 
+def _glob_patterns(patterns: list[str]) -> list[str]:
+    for i, pattern in enumerate(patterns):
+        if not pattern.strip():
+            raise ValueError(f"params[{i}] is empty; give an fnmatch pattern over parameter names, "
+                             "e.g. 'model.layers.0.*'")
+    return patterns
+
+
+class FreezeConfig(Section):
+    """Parameters training leaves unchanged: no gradient, not in the optimizer, not in the
+    gradient all-reduce (xalign.model.freeze). Checked against the model's parameter names
+    before any worker starts."""
+
+    #: Freeze the input embedding table. Where the model ties it to the LM head (Gemma, XGLM,
+    #: BLOOM, Qwen2.5-0.5B) that is one tensor: the LM head is frozen too.
+    embeddings: bool = False
+    #: fnmatch patterns over ``model.named_parameters()`` names, e.g. ["model.layers.0.*"];
+    #: each must match at least one parameter.
+    params: Annotated[list[str], AfterValidator(_glob_patterns)] = Field(default_factory=list)
+
+
 class ModelConfig(Section):
     #: HF hub id, local path, a ``.gguf`` file (converted once to an HF folder in
     #: $XALIGN_HOME/cache/gguf, needs ``pip install 'xalign[gguf]'``), or "world" (the
@@ -108,6 +129,8 @@ class ModelConfig(Section):
     #: Pad token for tokenizers that have none (Llama, XGLM use their own); "eos" reuses
     #: the end-of-sequence token. None = the tokenizer must already have one.
     pad_token: Optional[str] = None
+    #: What training does not update (embeddings, parameter-name patterns).
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
 
 
 class SourceConfig(Section):

@@ -15,6 +15,15 @@ context. The released AFP code recomputed a 5-shot prefix for every option.
 ``reuse_prefix=False`` turns the cache off: every request is run from scratch, prefix
 tokens included in its row, with the same scores (for benchmarks/icl_scoring.py).
 
+The LM head runs only at the positions whose log-probabilities are read: the last context
+position and the option's tokens but the last, per row (``xalign.model.forward.logits_at``:
+the model's own head and output processing, e.g. Gemma's final logit softcapping, on those
+positions). With a 262k vocabulary the head costs more per position than all the blocks of
+a 270M model, and a (batch, seq, vocab) float32 tensor is never made. The scores are the
+same as from full logits (the same head on the same hidden states; tests check it within
+1e-5); ``full_vocab=True`` computes the logits at every position as before, only to measure
+the difference (benchmarks/icl_scoring.py).
+
 Tokenisation (lm-eval 0.4.13 rules; ``enc`` = tokenizer without special tokens)
 -------------------------------------------------------------------------------
 - Every rule applies to each (prompt_j, option) request on its own. Trailing whitespace
@@ -104,13 +113,14 @@ import copy
 import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from xalign.eval.items import EvalItem, OptionScore
+from xalign.model.forward import logits_at
 from xalign.suggest import unknown
 
 NORMALIZATIONS = ("none", "token", "char")
@@ -162,11 +172,16 @@ def score_items(
     batch_size: int = 16,
     add_bos: bool | None = None,
     reuse_prefix: bool = True,
+    full_vocab: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> list[list[OptionScore]]:
     """One ``OptionScore`` per option of every item, in input order (see module doc).
-    ``reuse_prefix=False`` scores every request from scratch (same scores, slower)."""
+    ``reuse_prefix=False`` scores every request from scratch, ``full_vocab=True`` runs the LM
+    head at every position (same scores, slower: for benchmarks). ``progress(n)`` is called
+    after each batch with the number of items whose every option is now scored."""
     return score_items_with_stats(
-        model, tokenizer, items, batch_size=batch_size, add_bos=add_bos, reuse_prefix=reuse_prefix
+        model, tokenizer, items, batch_size=batch_size, add_bos=add_bos, reuse_prefix=reuse_prefix,
+        full_vocab=full_vocab, progress=progress,
     ).scores
 
 
@@ -178,6 +193,8 @@ def score_items_with_stats(
     batch_size: int = 16,
     add_bos: bool | None = None,
     reuse_prefix: bool = True,
+    full_vocab: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> ScoringResult:
     """``score_items`` plus the ``ScoringStats`` of the call (fallbacks, prefix forwards).
 
@@ -204,17 +221,25 @@ def score_items_with_stats(
 
     results: list[list[OptionScore | None]] = [[None] * len(item.options) for item in items]
     pad_id = _pad_id(tokenizer)
+    left = [len(item.options) for item in items]  # options not yet scored, per item (for progress)
+    done = 0
     with _evaluation(model):
         for prefix, groups in plan:
             cache = None
             if prefix:
-                cache = _PrefixCache.run(model, prefix_ids[prefix], [shared for shared, _ in groups], stats)
+                cache = _PrefixCache.run(model, prefix_ids[prefix], [shared for shared, _ in groups], stats,
+                                         full_vocab)
             for shared, rows in groups:
                 for start in range(0, len(rows), batch_size):
                     batch = rows[start : start + batch_size]
-                    for request, score in _score_batch(model, batch, cache, shared, pad_id, stats):
+                    for request, score in _score_batch(model, batch, cache, shared, pad_id, stats, full_vocab):
                         results[request.item][request.option] = score
                         stats.cached += cache is not None
+                        left[request.item] -= 1
+                        done += left[request.item] == 0
+                    if progress is not None and done:
+                        progress(done)
+                        done = 0
             del cache  # one prefix cache alive at a time
     return ScoringResult(scores=results, stats=stats)  # type: ignore[arg-type]
 
@@ -437,20 +462,26 @@ class _PrefixCache:
     last_logprobs: dict[int, torch.Tensor]  # cache length -> float32 log-softmax at its last position
 
     @classmethod
-    def run(cls, model: nn.Module, ids: Sequence[int], lengths: Sequence[int], stats: ScoringStats) -> _PrefixCache:
-        """One forward over ``ids[:max(lengths)]``, kept for caches of every length in ``lengths``."""
+    def run(cls, model: nn.Module, ids: Sequence[int], lengths: Sequence[int], stats: ScoringStats,
+            full_vocab: bool = False) -> _PrefixCache:
+        """One forward over ``ids[:max(lengths)]``, kept for caches of every length in ``lengths``;
+        the LM head runs at the last position of each of those lengths only."""
         ids = list(ids[: max(lengths)])
         device = _device(model)
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "use_cache": True}
         if _takes_positions(model):
             inputs["position_ids"] = torch.arange(len(ids), device=device).unsqueeze(0)
-        out = model(**inputs)
+        wanted = sorted(set(lengths))
+        rows = torch.zeros(len(wanted), dtype=torch.long, device=device)
+        positions = torch.tensor([n - 1 for n in wanted], dtype=torch.long, device=device)
+        with _reading(model, rows, positions, full_vocab) as picked:
+            out = model(**inputs)
+            logprobs = picked(out.logits).float().log_softmax(-1)
         stats.prefixes += 1
         stats.prefix_tokens += len(ids)
         stats.tokens_run += len(ids)
-        last = {n: out.logits[0, n - 1].float().log_softmax(-1) for n in lengths}
-        return cls(_cache_of(out), len(ids), last)
+        return cls(_cache_of(out), len(ids), {n: logprobs[k] for k, n in enumerate(wanted)})
 
     def for_batch(self, batch: int, length: int):
         """A fresh copy of the first ``length`` cached tokens with ``batch`` rows. The stored
@@ -483,11 +514,32 @@ def _rows(group: Sequence[_Request]) -> list[_Row]:
     return rows
 
 
-def _score_batch(model, batch: Sequence[_Row], cache: _PrefixCache | None, start: int, pad_id: int, stats):
+@contextmanager
+def _reading(model: nn.Module, rows: torch.Tensor, positions: torch.Tensor, full_vocab: bool):
+    """``picked(logits)`` -> the (K, vocab) logits at (rows[k], positions[k]): the LM head run
+    there only (``logits_at``), or at every position with ``full_vocab`` (the old way)."""
+    if full_vocab:
+        yield lambda logits: logits[rows, positions]
+    else:
+        with logits_at(model, rows, positions) as picked:
+            yield picked
+
+
+def _read_span(row: _Row, start: int) -> tuple[int, int]:
+    """[lo, hi): the row positions whose logits its requests read, relative to ``start`` (the
+    logits at position t predict token t + 1); lo = -1 is the cached prefix's last position."""
+    lo = min(r.n_context for r in row.requests) - 1 - start
+    hi = max(len(r.tokens) for r in row.requests) - 1 - start  # exclusive
+    return lo, hi
+
+
+def _score_batch(model, batch: Sequence[_Row], cache: _PrefixCache | None, start: int, pad_id: int, stats,
+                 full_vocab: bool = False):
     """(request, score) for every request of ``batch``, run on top of the first ``start``
-    tokens of ``cache`` (no cache: from scratch)."""
+    tokens of ``cache`` (no cache: from scratch). The LM head runs at the read positions only."""
     suffixes = [row.tokens[start:] for row in batch]
     width = max(len(s) for s in suffixes)
+    spans = [_read_span(row, start) for row in batch]
     logits = None
     if width:  # zero only for a lone row equal to the cached part: its last logits suffice
         device = _device(model)
@@ -498,17 +550,20 @@ def _score_batch(model, batch: Sequence[_Row], cache: _PrefixCache | None, start
             input_ids[i, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
             attention_mask[i, start : start + len(suffix)] = 1
         past = cache.for_batch(len(batch), start) if cache is not None else None
-        logits = _forward(model, input_ids.to(device), attention_mask.to(device), start, past).logits
+        rows = torch.tensor([i for i, (lo, hi) in enumerate(spans) for _ in range(max(lo, 0), hi)], dtype=torch.long)
+        positions = torch.tensor([t for lo, hi in spans for t in range(max(lo, 0), hi)], dtype=torch.long)
+        with _reading(model, rows.to(device), positions.to(device), full_vocab) as picked:
+            logits = picked(_forward(model, input_ids.to(device), attention_mask.to(device), start, past).logits)
         stats.batches += 1
         stats.tokens_run += sum(len(s) for s in suffixes)
 
-    for i, row in enumerate(batch):
-        # the logits at position t predict token t + 1; row position = t - start
-        lo = min(r.n_context for r in row.requests) - 1 - start
-        hi = max(len(r.tokens) for r in row.requests) - 1 - start  # exclusive
+    offset = 0  # rows of ``logits``: the read positions of the batch's rows, one row after another
+    for row, (lo, hi) in zip(batch, spans):
         parts = [cache.last_logprobs[start].unsqueeze(0)] if lo < 0 else []  # position start - 1
         if hi > max(lo, 0):
-            parts.append(logits[i, max(lo, 0) : hi].float().log_softmax(-1))
+            count = hi - max(lo, 0)
+            parts.append(logits[offset : offset + count].float().log_softmax(-1))
+            offset += count
         logprobs = torch.cat(parts) if len(parts) > 1 else parts[0]  # positions lo .. hi - 1
         for request in row.requests:
             first = request.n_context - 1 - start - lo

@@ -3,6 +3,12 @@ transformer blocks (found as the base model's ``nn.ModuleList``), all hidden sta
 early-exit forward that runs only the blocks the contrastive branch pools, pooled sentence
 vectors, and the LM logits of the instruction branch.
 
+The LM head of a large vocabulary (Gemma 3: 262,144 x 640, more multiply-adds per token than
+all 18 blocks) runs only where logits are read: ``logits_at`` selects the positions inside
+the model's own forward, so the head and what the model does to its output (Gemma 2/3's
+final logit softcapping, any scaling) stay the model's; the instruction loss reads the
+response tokens only (``lm_response_logits``) and the scorer the option tokens only.
+
 transformers 5.x facts this relies on (tests/test_objectives.py checks them):
 - ``output_hidden_states`` returns num_layers + 1 states and replaces the LAST one by the
   output of the final norm (``last_hidden_state``); states 0..num_layers-1 are the
@@ -19,12 +25,13 @@ base model directly to skip the LM head.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from xalign.data.collate import position_ids_from_mask
+from xalign.data.collate import IGNORE_INDEX, position_ids_from_mask
 from xalign.model.pooling import pool
 
 
@@ -173,9 +180,7 @@ def stack_sides(sides: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     return torch.cat(ids_out), torch.cat(mask_out), [ids.shape[0] for ids, _ in sides]
 
 
-def lm_logits(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Logits of the instruction branch's rows (``lm_input_ids``; a 4D ``lm_attention_mask``
-    of packed rows made additive in the model's dtype; positions from the mask unless given)."""
+def _lm_inputs(model: nn.Module, batch: dict) -> dict[str, Any]:
     mask = batch.get("lm_attention_mask")
     if mask is not None and mask.ndim == 4:
         dtype = model.get_input_embeddings().weight.dtype
@@ -183,4 +188,68 @@ def lm_logits(model: nn.Module, batch: dict) -> torch.Tensor:
             mask = torch.where(mask, 0.0, torch.finfo(dtype).min)
         mask = mask.to(dtype)
     position_ids = _default_positions(mask, batch.get("lm_position_ids"))
-    return model(**_model_inputs(model, batch["lm_input_ids"], mask, position_ids)).logits
+    return _model_inputs(model, batch["lm_input_ids"], mask, position_ids)
+
+
+def lm_logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Logits of the instruction branch's rows at every position (``lm_input_ids``; a 4D
+    ``lm_attention_mask`` of packed rows made additive in the model's dtype; positions from
+    the mask unless given). The loss uses ``lm_response_logits``; this is its reference."""
+    return model(**_lm_inputs(model, batch)).logits
+
+
+def lm_response_logits(model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) of the positions whose next token is labelled (``lm_labels[:, t + 1]``
+    not -100): (K, vocab) and (K,). The LM head runs on those K positions only
+    (``logits_at``), so ``cross_entropy(logits, targets)`` equals ``lm_loss`` over the full
+    logits, gradients included, without the (batch, seq, vocab) tensor."""
+    labels = batch["lm_labels"]
+    targets = labels[:, 1:]
+    rows, positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        raise ValueError("lm_loss got no labelled token (every label after the first is -100)")
+    device = batch["lm_input_ids"].device
+    rows, positions = rows.to(device), positions.to(device)
+    with logits_at(model, rows, positions) as picked:
+        logits = picked(model(**_lm_inputs(model, batch)).logits)
+    return logits, targets[rows, positions]
+
+
+@contextmanager
+def logits_at(model: nn.Module, rows: torch.Tensor, positions: torch.Tensor) -> Iterator[Callable]:
+    """Within the block, the model's LM head runs only at (``rows[k]``, ``positions[k]``).
+
+    A forward pre-hook on ``model.get_output_embeddings()`` (the LM head) replaces the
+    head's input, the final hidden states (batch, seq, hidden), by the K selected states
+    shaped (1, K, hidden); the head and anything the model's forward does to its output
+    afterwards (softcapping, scaling) then run on K positions. ``picked(logits)`` turns the
+    logits of one forward inside the block into (K, vocab). A model whose head is not its
+    output-embeddings module (the hook never fires) gets its K rows gathered from the full
+    logits instead: the same values, only not faster. A head called more than once in a
+    forward is an error (the selection would apply to the wrong tensor)."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    calls: list[tuple[int, ...]] = []
+
+    def select(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("input")
+        calls.append(tuple(hidden.shape))
+        return (hidden[rows, positions].unsqueeze(0), *args[1:]), kwargs
+
+    handle = head.register_forward_pre_hook(select, with_kwargs=True) if isinstance(head, nn.Module) else None
+
+    def picked(logits: torch.Tensor) -> torch.Tensor:
+        if not calls:
+            return logits[rows, positions]
+        if len(calls) > 1 or tuple(logits.shape[:2]) != (1, rows.numel()):
+            raise RuntimeError(
+                f"{type(model).__name__}: its LM head ran {len(calls)} time(s) on inputs {calls} and the "
+                f"logits have shape {tuple(logits.shape)}; logits_at expects one call giving (1, {rows.numel()}, vocab)")
+        calls.clear()
+        return logits[0]
+
+    try:
+        yield picked
+    finally:
+        if handle is not None:
+            handle.remove()

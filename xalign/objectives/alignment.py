@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from xalign.config.schema import ObjectiveConfig
-from xalign.model.forward import lm_logits, sentence_vectors, stack_sides
+from xalign.model.forward import sentence_vectors, stack_sides
 from xalign.model.pooling import model_layers
 from xalign.objectives.contrastive import info_nce
-from xalign.objectives.lm import lm_loss
+from xalign.objectives.lm import response_lm_loss
 
 
 def alignment_loss(model: nn.Module, batch: dict, objective: ObjectiveConfig, *,
@@ -73,7 +73,7 @@ def alignment_loss(model: nn.Module, batch: dict, objective: ObjectiveConfig, *,
                 parts[f"contrastive/layer{layer}"] = value.detach()
         total = cfg.contrastive_weight * contrastive
     if cfg.lm_weight > 0:
-        instruction = lm_loss(lm_logits(model, batch), batch["lm_labels"])
+        instruction = response_lm_loss(model, batch)  # LM head at response tokens only
         parts["lm"] = instruction.detach()
         total = cfg.lm_weight * instruction if total is None else total + cfg.lm_weight * instruction
     parts["loss"] = total.detach()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from xalign.data.collate import IGNORE_INDEX
+from xalign.model.forward import lm_response_logits
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -22,3 +23,12 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
     )
+
+
+def response_lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """``lm_loss`` of the batch's ``lm_*`` rows with the LM head run at the labelled positions
+    only (``xalign.model.forward.lm_response_logits``): the same value and gradients
+    (tests/test_large_vocab.py checks both) without logits over the whole vocabulary at
+    every prompt and pad position. Computed in float32."""
+    logits, targets = lm_response_logits(model, batch)
+    return F.cross_entropy(logits.float(), targets.to(logits.device))

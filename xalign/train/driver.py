@@ -17,7 +17,8 @@ from ray.train.torch import TorchTrainer
 from xalign import storage, tracking
 from xalign.config.schema import RunConfig
 from xalign.data import build_alignment_data
-from xalign.model import check_model, load_tokenizer
+from xalign.model import check_model, load_tokenizer, resolve_model_path
+from xalign.model.freeze import check_freeze
 from xalign.storage import check_shared, check_storage, join
 from xalign.synthetic import run_world
 from xalign.train.cluster import TrainingError, check_ray_before_work, init_ray
@@ -42,6 +43,7 @@ def prepare_data(cfg: RunConfig, world_dir: Optional[Path]) -> None:
     a Ray worker. The result goes to the data cache (``data.cache``), where workers on this
     machine (or sharing $XALIGN_HOME) find it instead of tokenising again."""
     check_model(cfg.model, world_dir)
+    check_freeze(cfg.model, resolve_model_path(cfg.model, world_dir))
     build_alignment_data(cfg, load_tokenizer(cfg.model, world_dir), world_dir)
 
 

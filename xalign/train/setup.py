@@ -15,6 +15,7 @@ from xalign.data import AlignmentData, build_alignment_data
 from xalign.eval.evaluator import Target, evaluate, merge_shards, plan_items, score_shard
 from xalign.model import load_model, load_tokenizer, num_blocks
 from xalign.model.forward import decoder_blocks
+from xalign.model.freeze import apply_freeze, freeze_summary
 from xalign.model.pooling import model_layers
 from xalign.objectives import LearnableTemperature, alignment_loss
 from xalign.optim import Dist, make_scheduler, train_step
@@ -36,6 +37,7 @@ def setup_model(cfg: RunConfig, world_dir: Optional[str], device: torch.device):
     tokenizer = load_tokenizer(cfg.model, Path(world_dir) if world_dir else None)
     model = load_model(cfg.model, Path(world_dir) if world_dir else None, for_training=True).to(device)
     model.train()
+    apply_freeze(model, cfg.model.freeze)  # before the optimizer: frozen weights never reach it
     if cfg.model.compile:
         for block in decoder_blocks(model)[2]:
             block.compile()
@@ -162,7 +164,9 @@ def derived_quantities(run: Run) -> list[str]:
                     if data.cache else "")
                  + (f"; {sum(data.stats['bad_lines'].values())} malformed source lines skipped"
                     if sum(data.stats.get("bad_lines", {}).values()) else ""))
-    lines.append(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; "
+    lines.append(f"model: {sum(p.numel() for p in model.parameters()):,} parameters"
+                 + (f" ({freeze_summary(model)})" if not all(p.requires_grad for p in model.parameters()) else "")
+                 + "; "
                  f"{cfg.optim.max_steps} steps, lr {cfg.optim.lr} ({cfg.optim.schedule}, warm-up "
                  f"{int(cfg.optim.warmup_ratio * cfg.optim.max_steps)} steps)")
     return lines
