@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test install install-test clean-venv
+.PHONY: demo test test-fast install install-test clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,15 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(VENV)/bin/xalign sweep configs/sweeps/demo.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
+# The whole suite (CI runs this).
 test: $(VENV)/.installed-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# The unit tests, about a minute: without the marked tiers (pyproject.toml lists them; pick
+# one with e.g. `pytest -m distributed`).
+FAST_DESELECT = not integration and not benchmark and not distributed and not slow and not realmodel and not browser
+test-fast: $(VENV)/.installed-test
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "$(FAST_DESELECT)"
 
 clean-venv:
 	rm -rf $(VENV)

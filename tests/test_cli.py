@@ -48,6 +48,7 @@ def test_world_build_cli_builds_then_reuses(tmp_path):
     assert again.returncode == 0 and again.stdout.startswith("Reused world")
 
 
+@pytest.mark.slow
 def test_train_with_a_bad_config_fails_before_starting_anything(tmp_path):
     res = xalign("train", str(REPO / "configs/runs/afp-synthetic.yaml"), "objective.temperature=0",
                  "objective.pooler=avg", cwd=tmp_path)

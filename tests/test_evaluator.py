@@ -18,6 +18,7 @@ from xalign.eval.records import accuracy_from_records, read_records
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
+@pytest.mark.slow
 def test_records_reproduce_every_reported_accuracy(tiny_world, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -164,6 +164,7 @@ def _dist_worker(rank, world, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_info_nce_distributed_matches_single_process(tmp_path):
     world = 2
     mp.spawn(_dist_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)

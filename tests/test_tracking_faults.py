@@ -27,6 +27,7 @@ def history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
 
 
+@pytest.mark.slow
 def test_metrics_logged_while_the_server_is_down_arrive_after_it_restarts(server, tmp_path):
     cfg = TrackingConfig(tracking_uri=server.uri, experiment="faults", retry_seconds=1)
     run_id = tracking.start_run(cfg, run_name="outage", params={"a": 1}, config_yaml="a: 1\n")
@@ -51,6 +52,7 @@ def test_metrics_logged_while_the_server_is_down_arrive_after_it_restarts(server
     assert history(server.uri, run_id, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0)]
 
 
+@pytest.mark.slow
 def test_driver_calls_retry_until_the_server_is_back(server, tmp_path):
     import threading
 
@@ -68,6 +70,7 @@ def test_driver_calls_retry_until_the_server_is_back(server, tmp_path):
     assert run.info.status == "FINISHED" and run.data.metrics["eval/acc"] == 0.5
 
 
+@pytest.mark.slow
 def test_unsent_metrics_in_a_checkpoint_are_sent_or_named_in_the_error(server, tmp_path):
     cfg = TrackingConfig(tracking_uri=server.uri, experiment="faults", retry_seconds=0.5)
     run_id = tracking.start_run(cfg, run_name="final", params={}, config_yaml="{}\n")
@@ -101,6 +104,7 @@ def test_secrets_are_masked_in_params_tags_and_artifacts(server, monkeypatch):
     assert not [t for t in texts if secret in t]
 
 
+@pytest.mark.slow
 def test_the_background_logger_never_waits_for_the_store_and_loses_nothing(tmp_path):
     from tests.support.processes import free_port
 

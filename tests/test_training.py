@@ -154,6 +154,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.distributed
 def test_two_ranks_equal_one_process_on_the_joined_batch(tiny_world, tiny_world_overrides, tmp_path):
     """Contrastive loss over the gathered global batch + averaged gradients: 2 ranks with
     batch 2 each take exactly the steps of 1 process with batch 4."""
@@ -187,6 +188,7 @@ def _dev_eval_rank(rank, world_size, port, cfg_json, config, out):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.distributed
 def test_periodic_dev_evaluation_sharded_over_two_ranks_equals_one_process(tiny_world, tiny_world_overrides, tmp_path):
     from xalign.train.setup import setup_evaluation
 

@@ -147,10 +147,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from xalign.config import from_overrides
     from xalign.config.schema import TrackingConfig
+    from xalign.paths import reports_dir
     from xalign.sweep.report import report
 
     tracking = from_overrides(TrackingConfig, args.overrides, source="tracking settings")
-    print(report(tracking, args.name, out_dir=Path(args.out or Path("reports") / args.name)))
+    print(report(tracking, args.name, out_dir=Path(args.out) if args.out else reports_dir(args.name)))
     return 0
 
 
@@ -187,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="a finished sweep from MLflow: trials table, best config, plots")
     p.add_argument("name", help="the sweep's name")
-    p.add_argument("--out", help="where plots go (default: reports/<name>)")
+    p.add_argument("--out", help="where plots go (default: $XALIGN_HOME/reports/<name>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", default=[],
                    help="tracking settings, e.g. tracking_uri=sqlite:///mlflow.db experiment=xalign")
     p.set_defaults(func=_cmd_report)
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--languages", nargs="+")
     p.add_argument("--shots", type=int)
     p.add_argument("--split", choices=["dev", "test"])
-    p.add_argument("--out", help="where records and plots go (default: eval_results/<run name>-<time>)")
+    p.add_argument("--out", help="where records and plots go (default: $XALIGN_HOME/eval_results/<run name>-<time>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", default=[])
     p.set_defaults(func=_cmd_eval)
     return parser

@@ -14,6 +14,7 @@ from xalign.config.schema import RunConfig
 from xalign.eval.evaluator import EvalResult, Target, evaluate, plan_items
 from xalign.model import load_model, load_tokenizer
 from xalign.model.pooling import model_layers
+from xalign.paths import eval_results_dir
 from xalign.synthetic import evaluation_world, run_world
 
 
@@ -26,7 +27,7 @@ def run_evaluation(cfg: RunConfig, *, out_dir: Optional[Path] = None) -> EvalRes
     model = load_model(cfg.model, world_dir)
     target = replace(target, layer=max(model_layers(model, cfg.objective.layer)))
     name = cfg.tracking.run_name or f"eval-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir = out_dir or Path("eval_results") / name
+    out_dir = out_dir or eval_results_dir(name)
     result = evaluate(model, tokenizer, cfg.eval, target, out_dir=out_dir, items=items)
     if cfg.tracking.enabled:
         run_id = tracking.open_run(cfg.tracking, cfg, run_name=name, kind="eval")

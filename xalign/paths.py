@@ -1,5 +1,8 @@
-"""Where xalign keeps things on this machine: the one ``$XALIGN_HOME`` root (default
-``~/.cache/xalign``) for caches (built worlds, tokenised data)."""
+"""Where xalign keeps things on this machine, under one root, ``$XALIGN_HOME`` (default
+``~/.cache/xalign``): built worlds and tokenised data (caches, by content hash), and the
+records, plots and reports of ``xalign eval`` and ``xalign report`` (unless ``--out`` says
+otherwise), so that no command writes into whatever folder it was started from.
+Checkpoints go where ``checkpoint.storage_path`` says (default ``~/ray_results``)."""
 
 from __future__ import annotations
 
@@ -20,3 +23,13 @@ def worlds_home() -> Path:
 def data_cache_home() -> Path:
     """``$XALIGN_HOME/cache/data``: tokenised run data, by content hash."""
     return xalign_home() / "cache" / "data"
+
+
+def eval_results_dir(name: str) -> Path:
+    """``$XALIGN_HOME/eval_results/<name>``: records and plots of one ``xalign eval``."""
+    return xalign_home() / "eval_results" / name
+
+
+def reports_dir(name: str) -> Path:
+    """``$XALIGN_HOME/reports/<name>``: the plots and best config of ``xalign report <name>``."""
+    return xalign_home() / "reports" / name

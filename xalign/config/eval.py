@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, Field, model_validator
 
-from xalign.config.base import NonNegInt, PositiveInt, Section
+from xalign.config.base import RELATIVE_TO_FILE, NonNegInt, PositiveInt, Section
 from xalign.tasks.registry import get_task  # plain tables: cheap, no torch
 
 
@@ -31,7 +31,7 @@ def _literal_path_exists(value: Optional[str]) -> Optional[str]:
     return value
 
 
-LocalPath = Annotated[Optional[str], AfterValidator(_literal_path_exists)]
+LocalPath = Annotated[Optional[str], RELATIVE_TO_FILE, AfterValidator(_literal_path_exists)]
 
 
 class LanguageSourceConfig(Section):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, TypeVar
@@ -13,6 +14,7 @@ from typing import Any, Iterable, Optional, Sequence, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from xalign.config.base import FileRelative
 from xalign.errors import XalignError
 from xalign.suggest import did_you_mean
 
@@ -132,13 +134,17 @@ class Loaded:
     files: list[Path]
 
 
-def load_raw(path: Path | str, *, _stack: tuple[Path, ...] = ()) -> Loaded:
+def load_raw(path: Path | str, model: Optional[type[BaseModel]] = None, *, _stack: tuple[Path, ...] = ()) -> Loaded:
+    """The data of ``path`` merged over its ``extends`` chain; with ``model``, the relative
+    values of its path fields resolved against the folder of the file that sets them."""
     path = Path(path).expanduser().resolve()
     if path in _stack:
         chain = " -> ".join(p.name for p in (*_stack, path))
         return Loaded({}, {}, [Problem("extends", f"`extends` cycle: {chain}", str(_stack[-1]))], [])
     data, lines, problems = read_yaml(path)
     where = {k: f"{path}:{n}" for k, n in lines.items()}
+    if model is not None:
+        resolve_file_paths(model, data, path.parent)
     merged: dict = {}
     merged_where: dict[str, str] = {}
     files = [path]
@@ -156,7 +162,7 @@ def load_raw(path: Path | str, *, _stack: tuple[Path, ...] = ()) -> Loaded:
                 problems.append(Problem("extends", f"file not found: {parent!r} (looked at {parent_path})",
                                         where.get("extends", str(path))))
                 continue
-            sub = load_raw(parent_path, _stack=(*_stack, path))
+            sub = load_raw(parent_path, model, _stack=(*_stack, path))
             merged = deep_merge(merged, sub.data)
             merged_where.update(sub.where)
             problems.extend(sub.problems)
@@ -164,6 +170,28 @@ def load_raw(path: Path | str, *, _stack: tuple[Path, ...] = ()) -> Loaded:
     merged = deep_merge(merged, data)
     merged_where.update({k: v for k, v in where.items() if k != "extends"})
     return Loaded(merged, merged_where, problems, files)
+
+
+def resolve_file_paths(model: type[BaseModel], data: Any, folder: Path) -> None:
+    """In place: the values of ``model``'s path fields (marked ``FileRelative``) in ``data``,
+    the keys of one file, resolved against ``folder`` (sections and mappings of sections too)."""
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        marker = next((m for m in field.metadata if isinstance(m, FileRelative)), None)
+        if marker is not None:
+            if isinstance(value, str):
+                data[key] = marker.resolve(value, folder)
+            continue
+        if typing.get_origin(field.annotation) is dict:
+            inner = _section_type(typing.get_args(field.annotation)[-1])
+            for item in value.values() if inner is not None and isinstance(value, dict) else ():
+                resolve_file_paths(inner, item, folder)
+        elif (section := _section_type(field.annotation)) is not None:
+            resolve_file_paths(section, value, folder)
 
 
 # --- overrides -------------------------------------------------------------------------------
@@ -333,7 +361,7 @@ def validate(model: type[T], data: dict, *, where: Optional[dict[str, str]] = No
 
 def load(model: type[T], path: Path | str, overrides: Sequence[str] = ()) -> T:
     """Read ``path`` (following ``extends``), apply overrides, validate into ``model``."""
-    loaded = load_raw(path)
+    loaded = load_raw(path, model)
     problems = list(loaded.problems)
     problems += apply_overrides(loaded.data, overrides, loaded.where)
     return validate(model, loaded.data, where=loaded.where, source=str(path), problems=problems)

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, Field, model_validator
 
 from xalign.config.base import (  # noqa: F401  (the number types are re-exported)
+    RELATIVE_TO_FILE,
+    FileRelative,
     NonNegFloat,
     NonNegInt,
     PositiveFloat,
@@ -85,7 +87,7 @@ def _absolute_gguf(value: Optional[str]) -> Optional[str]:
     return value
 
 
-ModelPath = Annotated[Optional[str], AfterValidator(_local_path_exists)]
+ModelPath = Annotated[Optional[str], FileRelative(dotted_only=True), AfterValidator(_local_path_exists)]
 
 
 
@@ -141,8 +143,9 @@ class SourceConfig(Section):
     #: Hub dataset config name (e.g. a language).
     name: Optional[str] = None
     split: str = "train"
-    #: Local file, glob, or directory; ``{lang}`` is replaced per language.
-    path: Optional[str] = None
+    #: Local file, glob, or directory; ``{lang}`` is replaced per language. Relative to the
+    #: config file that sets it.
+    path: Annotated[Optional[str], RELATIVE_TO_FILE] = None
     #: "bitext": line-aligned parallel text files, one per language (data.pairs only;
     #: ``path`` is a template with {lang}, {pivot}, {side} and {pair}, see xalign.data.bitext).
     format: Literal["auto", "json", "jsonl", "csv", "tsv", "parquet", "disk", "bitext"] = "auto"

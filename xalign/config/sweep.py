@@ -299,7 +299,7 @@ def asha_problems(sweep: SweepConfig, base: RunConfig, where: dict[str, str]) ->
 def load_sweep(path, overrides=()) -> SweepConfig:
     """A sweep file (following ``extends``) with overrides, validated as a whole: every
     problem of the file in one ConfigError."""
-    loaded = load_raw(path)
+    loaded = load_raw(path, SweepConfig)
     problems = list(loaded.problems) + apply_overrides(loaded.data, overrides, loaded.where)
     problems += key_problems(loaded.data, loaded.where)
     sweep = None

@@ -13,8 +13,11 @@ from typing import Optional, Sequence
 
 from xalign.config.eval import EvalConfig
 from xalign.eval.metrics import summarise, table
+from xalign.eval.plots import accuracy_bars, projection
 from xalign.eval.records import write_records
+from xalign.eval.representations import alignment_metrics, embed_parallel
 from xalign.eval.scoring import NORMALIZATIONS, choose, score_items
+from xalign.eval.task_items import build_eval_items
 
 #: Metric suffix of each normalisation; the primary one (eval.normalization) is plain "acc".
 SUFFIX = {"none": "acc_sum", "token": "acc_token", "char": "acc_char"}
@@ -42,8 +45,6 @@ class Target:
 def plan_items(cfg: EvalConfig, target: Target, *, split: Optional[str] = None):
     """Every (task, language, seed) -> items, built before any model is loaded so that a bad
     file, column, label or language fails first (all problems in one TaskError)."""
-    from xalign.eval.task_items import build_eval_items
-
     items = build_eval_items(cfg, pivot=target.pivot, world_dir=target.world_dir, languages=target.languages,
                              split=split)
     return {key: value[: cfg.max_items] if cfg.max_items else value for key, value in items.items()}
@@ -100,8 +101,6 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
     files: list[Path] = []
     vectors = None
     if representations and target.world_dir is not None:
-        from xalign.eval.representations import alignment_metrics, embed_parallel
-
         emb = embed_parallel(model, tokenizer, heldout_sentences(target.world_dir, target.pivot, target.languages),
                              pooler=target.pooler, batch_size=cfg.batch_size)
         # align/... is the evaluated model's (periodically during training, and at the end);
@@ -110,8 +109,6 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
         metrics.update(align if prefix in ("eval", "dev") else {f"{prefix}/{k}": v for k, v in align.items()})
         vectors = {lang: v[target.layer] for lang, v in emb.vectors.items()}
     if out_dir is not None:
-        from xalign.eval.plots import accuracy_bars, projection
-
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         files.append(write_records(out_dir / f"{prefix}_records.jsonl", all_items, all_scores))

@@ -13,12 +13,11 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
+from xalign.config.eval import TaskSourceConfig
 from xalign.tasks.base import SPLITS, Hub, Task, TaskError, unknown
-
-if TYPE_CHECKING:
-    from xalign.config.eval import TaskSourceConfig
+from xalign.tasks.registry import get_task
 
 Sources = Optional[Union[Mapping[str, "TaskSourceConfig"], "TaskSourceConfig"]]
 
@@ -61,8 +60,6 @@ def task_languages(task: Union[str, Task], *, world_dir: Optional[Path] = None,
                    sources: Sources = None) -> tuple[str, ...]:
     """Every language ``task`` has: the world's (with ``world_dir``), else the real task's
     languages plus any language named in its ``eval.sources`` entry."""
-    from xalign.tasks.registry import get_task
-
     task = get_task(task) if isinstance(task, str) else task
     if world_dir is not None:
         return world_languages(task, Path(world_dir))

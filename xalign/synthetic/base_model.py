@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
+from xalign.config.schema import ObjectiveConfig
 from xalign.data.batches import collate_lm_batch, encode, num_tokens
 from xalign.data.stream import ShardedOrder
 from xalign.data.world_files import read_jsonl
-from xalign.config.schema import ObjectiveConfig
 from xalign.objectives import alignment_loss, lm_loss
 from xalign.optim import Dist, make_scheduler, train_step
+from xalign.synthetic.lexicon import make_languages
 
 log = logging.getLogger("xalign.world")
 LM_ONLY = ObjectiveConfig(contrastive_weight=0.0, lm_weight=1.0)
@@ -86,8 +87,6 @@ def pretrain_base_model(world_dir: Path, world_cfg) -> dict:
     """The ``base_model`` stage: train, save to ``world_dir/base_model``, return the record
     that goes into the manifest."""
     from transformers import AutoTokenizer
-
-    from xalign.synthetic.lexicon import make_languages
 
     cfg = world_cfg.base_model
     world_dir = Path(world_dir)
