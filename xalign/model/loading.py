@@ -10,6 +10,7 @@ from typing import Optional
 
 from xalign.config.schema import WORLD_MODEL, ModelConfig
 from xalign.errors import XalignError
+from xalign.model.gguf import check_gguf, ensure_converted, is_gguf
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,20 @@ def resolve_model_path(cfg: ModelConfig, world_dir: Optional[Path]) -> str:
             raise ModelLoadError(f"model.name_or_path is 'world' but {path} holds no model; "
                                  "rebuild the world with `xalign world build`")
         return str(path)
+    if is_gguf(cfg.name_or_path):
+        # The HF folder converted from the file (xalign.model.gguf): the driver converted it
+        # before Ray started, so workers, evaluations and sweep trials find it in the cache.
+        return str(ensure_converted(str(Path(cfg.name_or_path).expanduser()), cfg.dtype, progress=False))
     return str(Path(cfg.name_or_path).expanduser()) if cfg.name_or_path.startswith(("~",)) else cfg.name_or_path
+
+
+def prepare_model(cfg: ModelConfig, *, progress: bool = True) -> None:
+    """Work done once, in the driver, before anything else starts: a GGUF file is checked
+    (header only) and converted to its cached HF folder, with a progress display."""
+    if is_gguf(cfg.name_or_path):
+        path = str(Path(cfg.name_or_path).expanduser())
+        check_gguf(path)
+        ensure_converted(path, cfg.dtype, progress=progress)
 
 
 def load_tokenizer(cfg: ModelConfig, world_dir: Optional[Path] = None):
@@ -63,6 +77,7 @@ def check_model(cfg: ModelConfig, world_dir: Optional[Path] = None) -> None:
     config is readable and names a causal LM, and a local folder holds weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    prepare_model(cfg)
     name = resolve_model_path(cfg, world_dir)
     local = Path(name)
     if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):

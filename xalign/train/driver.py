@@ -18,12 +18,13 @@ from xalign import storage, tracking
 from xalign.config.schema import RunConfig
 from xalign.data import build_alignment_data
 from xalign.model import check_model, load_tokenizer, resolve_model_path
+from xalign.model.checks import check_run_model
 from xalign.model.freeze import check_freeze
 from xalign.storage import check_shared, check_storage, join
 from xalign.synthetic import run_world
 from xalign.train.cluster import TrainingError, check_ray_before_work, init_ray
 from xalign.train.final_eval import evaluation_plan, final_evaluation, local_eval_dir
-from xalign.train.worker import NONFINITE_FILE, train_loop_per_worker
+from xalign.train.worker import NONFINITE_FILE, USER_ERROR_FILE, train_loop_per_worker
 
 
 @dataclass
@@ -44,7 +45,9 @@ def prepare_data(cfg: RunConfig, world_dir: Optional[Path]) -> None:
     machine (or sharing $XALIGN_HOME) find it instead of tokenising again."""
     check_model(cfg.model, world_dir)
     check_freeze(cfg.model, resolve_model_path(cfg.model, world_dir))
-    build_alignment_data(cfg, load_tokenizer(cfg.model, world_dir), world_dir)
+    tokenizer = load_tokenizer(cfg.model, world_dir)
+    check_run_model(cfg, world_dir, tokenizer)     # layer, pooler, padding side, vocabulary, dtype
+    build_alignment_data(cfg, tokenizer, world_dir)
 
 
 def storage_root(cfg: RunConfig, storage_path: Optional[str] = None) -> str:
@@ -138,6 +141,7 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     )
     status = "FAILED"
     storage.delete(storage.join(storage_path, name, NONFINITE_FILE))   # from an earlier run of this name
+    storage.delete(storage.join(storage_path, name, USER_ERROR_FILE))
     try:
         try:
             result = trainer.fit()
@@ -147,6 +151,9 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
                 reason += (f" (while writing to {join(storage_path, name)}; checkpoints already written there are "
                            "kept, and a new run with the same name resumes from the latest)")
             raise TrainingError(f"training failed ({cfg.checkpoint.max_failures} restart(s) allowed): {reason}") from exc
+        user_error = storage.join(storage_path, name, USER_ERROR_FILE)
+        if storage.exists(user_error):   # a worker refused the input: Ray was not asked to retry it
+            raise TrainingError(json.loads(storage.read_text(user_error))["message"])
         metrics = dict(result.metrics or {})
         checkpoint = result.checkpoint.path if result.checkpoint else None
         if run_id is not None and result.checkpoint is not None:

@@ -21,6 +21,7 @@ import torch
 
 from xalign import storage
 from xalign.config.schema import RunConfig
+from xalign.errors import XalignError
 from xalign.data import mix_metrics
 from xalign.optim import Dist, NonFiniteLossError
 from xalign.tracking import BackgroundMetricLogger, TrackingError, read_unsent, set_tags
@@ -32,6 +33,7 @@ log = logging.getLogger("xalign.train")
 #: Metric names of the MLflow contract (design.md) for the loss parts of alignment_loss.
 METRIC_NAMES = {"loss": "train/loss", "contrastive": "train/loss_contrastive", "lm": "train/loss_lm"}
 NONFINITE_FILE = "nonfinite.json"   # in the run's storage folder: the step and loss parts of a NaN stop
+USER_ERROR_FILE = "user_error.json"  # in the run's storage folder: an input a worker refused (never retried)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -41,10 +43,18 @@ class CheckpointWriteError(RuntimeError):
 def train_loop_per_worker(config: dict) -> None:
     cfg = RunConfig.model_validate(config["run"])
     torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))  # one thread per CPU the worker holds
-    run = setup_run(cfg, config.get("world_dir"), Dist.current(), ray.train.torch.get_device())
-    start, unsent = restore(run, config)
-    logger = open_logger(run, config, start, unsent)
-    evaluator = setup_evaluation(config, run)
+    refused = None
+    try:
+        run = setup_run(cfg, config.get("world_dir"), Dist.current(), ray.train.torch.get_device())
+        start, unsent = restore(run, config)
+        logger = open_logger(run, config, start, unsent)
+        evaluator = setup_evaluation(config, run)
+    except XalignError as exc:
+        refused = exc
+    if any_rank(refused is not None):      # every rank stops together (none waits in a collective)
+        if refused is not None:
+            stop_on_user_error(refused, config)
+        return
     window, last_saved, stop = Window(), start, cfg.optim.max_steps
     for step, micro in zip(range(start, stop), step_batches(run, start, stop)):
         try:
@@ -122,6 +132,27 @@ def tag_node(cfg: RunConfig, run_id: str) -> None:
         set_tags(cfg.tracking, run_id, tags)
     except TrackingError as exc:
         log.warning("[xalign] could not tag the run with its node: %s", exc)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (a MAX all-reduce; just ``flag`` without a group)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return flag
+    value = torch.tensor([int(flag)], device=ray.train.torch.get_device())
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def stop_on_user_error(exc: XalignError, config: dict) -> None:
+    """An input the worker cannot use (a model, a layer, a data file: an ``XalignError``)
+    fails the same way on every restart, so it must not spend Ray's restarts (meant for
+    faults): every rank meets it in setup, writes it to the run's storage and returns; the
+    driver raises it as one line. The driver's own checks catch these before Ray starts;
+    this is for what only a worker can see (e.g. a node missing a file)."""
+    log.error("[xalign] %s", exc)
+    if config.get("storage_path"):
+        storage.write_text(storage.join(config["storage_path"], USER_ERROR_FILE),
+                           json.dumps({"message": f"{exc}", "type": type(exc).__name__}))
 
 
 def stop_on_nonfinite(exc: NonFiniteLossError, run: Run, config: dict,
