@@ -223,3 +223,21 @@ def test_bitext_replay_comes_from_the_pivot_side_of_the_training_pairs(tmp_path)
     for ex in replay:
         text = tokenizer.decode(ex["input_ids"], skip_special_tokens=True)
         assert text.strip() in pivot_sides
+
+
+def test_alignment_by_pair_scores_each_language_against_its_own_pivot_rows():
+    import torch
+
+    from xalign.eval.representations import Embeddings, alignment_by_pair
+
+    torch.manual_seed(0)
+    layers, n, hidden = 3, 6, 8
+    en_de, en_fr = torch.randn(layers, n, hidden), torch.randn(layers, n, hidden)
+    de = en_de + 0.01 * torch.randn(layers, n, hidden)          # row i translates row i of en_de
+    fr = en_de.clone()                                          # matches the OTHER pair's English
+    emb = Embeddings({"en>de": en_de, "de": de, "en>fr": en_fr, "fr": fr})
+    out = alignment_by_pair(emb, {"de": "en>de", "fr": "en>fr"}, pivot="en", layer=2)
+    assert out["align/retrieval/de/top1"] == 1.0 and out["align/mexa/de"] == 1.0
+    assert out["align/retrieval/fr/top1"] < 1.0
+    assert out["align/mexa"] == (out["align/mexa/de"] + out["align/mexa/fr"]) / 2
+    assert "align/mexa/de/layer0" in out

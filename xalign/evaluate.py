@@ -11,6 +11,7 @@ from typing import Optional
 
 from xalign import tracking
 from xalign.config.schema import RunConfig
+from xalign.data.build import heldout_pairs
 from xalign.eval.evaluator import EvalResult, Target, evaluate, plan_items
 from xalign.model import load_model, load_tokenizer
 from xalign.model.checks import check_run_model
@@ -24,7 +25,8 @@ def run_evaluation(cfg: RunConfig, *, out_dir: Optional[Path] = None) -> EvalRes
     prepare_model(cfg.model)                      # a GGUF file: checked, converted once (cached) with progress
     world_dir = run_world(cfg, evaluating=True)
     eval_world, pivot = evaluation_world(cfg, world_dir)
-    target = Target(pivot=pivot, languages=cfg.eval.languages, world_dir=eval_world, pooler=cfg.objective.pooler)
+    target = Target(pivot=pivot, languages=cfg.eval.languages, world_dir=eval_world, pooler=cfg.objective.pooler,
+                    heldout=heldout_pairs(cfg) if eval_world is None else None)
     items = plan_items(cfg.eval, target)          # data problems surface before the model loads
     tokenizer = load_tokenizer(cfg.model, world_dir)
     check_run_model(cfg, world_dir, tokenizer)    # the layer, the vocabulary, ... before the weights load

@@ -15,7 +15,7 @@ from xalign.config.eval import EvalConfig
 from xalign.eval.metrics import summarise, table
 from xalign.eval.plots import accuracy_bars, projection
 from xalign.eval.records import write_records
-from xalign.eval.representations import alignment_metrics, embed_parallel
+from xalign.eval.representations import alignment_by_pair, alignment_metrics, embed_parallel
 from xalign.eval.scoring import NORMALIZATIONS, choose, score_items
 from xalign.eval.task_items import build_eval_items
 
@@ -40,6 +40,9 @@ class Target:
     world_dir: Optional[Path] = None             # the synthetic world's tasks, when set
     layer: int = 1                               # absolute hidden-state index for MEXA/retrieval
     pooler: str = "mean"
+    #: Real runs: held-out pairs of data.pairs (never trained on) for retrieval and MEXA,
+    #: {lang: {"pivot": [...], "tgt": [...]}} (xalign.data.build.heldout_pairs).
+    heldout: Optional[dict] = field(default=None, hash=False, compare=False)
 
 
 def plan_items(cfg: EvalConfig, target: Target, *, split: Optional[str] = None):
@@ -100,12 +103,20 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
                 metrics[f"{prefix}/{task}/{lang}/{SUFFIX[norm]}"] = sum(values) / len(values)
     files: list[Path] = []
     vectors = None
-    if representations and target.world_dir is not None:
-        emb = embed_parallel(model, tokenizer, heldout_sentences(target.world_dir, target.pivot, target.languages),
-                             pooler=target.pooler, batch_size=cfg.batch_size)
+    if representations and (target.world_dir is not None or target.heldout):
+        if target.world_dir is not None:
+            emb = embed_parallel(model, tokenizer, heldout_sentences(target.world_dir, target.pivot, target.languages),
+                                 pooler=target.pooler, batch_size=cfg.batch_size)
+            align = alignment_metrics(emb, pivot=target.pivot, layer=target.layer)
+        else:      # held-out bitext: each language against its own pivot sentences
+            langs = [lang for lang in sorted(target.heldout) if not target.languages or lang in target.languages]
+            sentences = {f"{target.pivot}>{lang}": target.heldout[lang]["pivot"] for lang in langs}
+            sentences.update({lang: target.heldout[lang]["tgt"] for lang in langs})
+            emb = embed_parallel(model, tokenizer, sentences, pooler=target.pooler, batch_size=cfg.batch_size)
+            align = alignment_by_pair(emb, {lang: f"{target.pivot}>{lang}" for lang in langs}, pivot=target.pivot,
+                                      layer=target.layer)
         # align/... is the evaluated model's (periodically during training, and at the end);
         # another prefix (base/) keeps a second model's apart: base/align/...
-        align = alignment_metrics(emb, pivot=target.pivot, layer=target.layer)
         metrics.update(align if prefix in ("eval", "dev") else {f"{prefix}/{k}": v for k, v in align.items()})
         vectors = {lang: v[target.layer] for lang, v in emb.vectors.items()}
     if out_dir is not None:

@@ -94,3 +94,19 @@ def alignment_metrics(emb: Embeddings, *, pivot: str, layer: int) -> dict[str, f
         out["align/retrieval/top1"] = sum(out[f"align/retrieval/{lang}/top1"] for lang in langs) / len(langs)
         out["align/mexa"] = sum(out[f"align/mexa/{lang}"] for lang in langs) / len(langs)
     return out
+
+
+def alignment_by_pair(emb: Embeddings, pivot_rows: Mapping[str, str], *, pivot: str, layer: int) -> dict[str, float]:
+    """``alignment_metrics`` for bitext that is parallel per language pair only (Tatoeba: the
+    English sentences differ from one pair to the next): language l against its own pivot
+    rows, ``emb.vectors[pivot_rows[l]]``; then the means over languages, as there."""
+    out: dict[str, float] = {}
+    for lang, key in sorted(pivot_rows.items()):
+        out.update({k: v for k, v in alignment_metrics(
+            Embeddings({pivot: emb.vectors[key], lang: emb.vectors[lang]}), pivot=pivot, layer=layer).items()
+            if f"/{lang}" in k})
+    langs = sorted(pivot_rows)
+    if langs:
+        out["align/retrieval/top1"] = sum(out[f"align/retrieval/{lang}/top1"] for lang in langs) / len(langs)
+        out["align/mexa"] = sum(out[f"align/mexa/{lang}"] for lang in langs) / len(langs)
+    return out

@@ -15,6 +15,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from xalign import tracking
 from xalign.config.schema import RunConfig
+from xalign.data.build import heldout_pairs
 from xalign.eval.evaluator import EvalResult, Target, evaluate, merge_shards, plan_items, score_shard
 from xalign.model import load_model, load_tokenizer
 from xalign.model.pooling import model_layers
@@ -27,7 +28,9 @@ def evaluation_plan(cfg: RunConfig, world_dir: Optional[Path]) -> dict:
     if not cfg.eval.tasks:
         return {"evaluate": False}
     eval_world, pivot = evaluation_world(cfg, world_dir)
-    return {"evaluate": True, "pivot": pivot, "eval_world_dir": str(eval_world) if eval_world else None}
+    return {"evaluate": True, "pivot": pivot, "eval_world_dir": str(eval_world) if eval_world else None,
+            # real tasks: the held-out pairs of data.pairs (if any) give retrieval and MEXA
+            "heldout": heldout_pairs(cfg) if eval_world is None else {}}
 
 
 def local_eval_dir(run_path: str) -> Path:
@@ -78,7 +81,8 @@ def _eval_setup(cfg: RunConfig, plan: dict, model_cfg, model_world):
     eval_world = Path(plan["eval_world_dir"]) if plan.get("eval_world_dir") else None
     tokenizer, model = load_tokenizer(model_cfg, model_world), load_model(model_cfg, model_world)
     target = Target(pivot=plan["pivot"], languages=cfg.eval.languages, world_dir=eval_world,
-                    layer=max(model_layers(model, cfg.objective.layer)), pooler=cfg.objective.pooler)
+                    layer=max(model_layers(model, cfg.objective.layer)), pooler=cfg.objective.pooler,
+                    heldout=plan.get("heldout") or None)
     eval_cfg = cfg.eval.model_copy(update={"max_items": None})
     return model, tokenizer, target, eval_cfg, plan_items(eval_cfg, target)
 

@@ -182,7 +182,7 @@ def setup_evaluation(config: dict, run: Run) -> Optional[Callable[[Any], dict[st
     cfg = run.cfg
     world_dir = config.get("eval_world_dir")
     target = Target(pivot=config["pivot"], languages=cfg.eval.languages, world_dir=Path(world_dir) if world_dir else None,
-                    layer=max(run.layers), pooler=cfg.objective.pooler)
+                    layer=max(run.layers), pooler=cfg.objective.pooler, heldout=config.get("heldout") or None)
 
     items = plan_items(cfg.eval, target, split="dev") if cfg.eval.dev_tasks else {}
     dist = run.dist
