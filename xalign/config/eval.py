@@ -113,6 +113,10 @@ class EvalConfig(Section):
     #: Cap on items per task and language for the periodic dev evaluations during training
     #: and for `xalign eval` (None = all); the final test evaluation of a run uses all items.
     max_items: Optional[PositiveInt] = None
+    #: Cap on items per task and language of a run's final test evaluation (and of a sweep's
+    #: base-model evaluation): the first N of each file, the same items for every run
+    #: (None = all items).
+    test_max_items: Optional[PositiveInt] = None
     batch_size: PositiveInt = 16
     #: Template family: "afp" = the paper's shapes (with the defects of method.md fixed);
     #: "lm_eval" = the exact strings of lm-evaluation-harness 0.4.13, comparable with

@@ -83,7 +83,7 @@ def _eval_setup(cfg: RunConfig, plan: dict, model_cfg, model_world):
     target = Target(pivot=plan["pivot"], languages=cfg.eval.languages, world_dir=eval_world,
                     layer=max(model_layers(model, cfg.objective.layer)), pooler=cfg.objective.pooler,
                     heldout=plan.get("heldout") or None)
-    eval_cfg = cfg.eval.model_copy(update={"max_items": None})
+    eval_cfg = cfg.eval.model_copy(update={"max_items": cfg.eval.test_max_items})
     return model, tokenizer, target, eval_cfg, plan_items(eval_cfg, target)
 
 
