@@ -155,6 +155,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+VERBOSE_HELP = ("show Ray's own output (and other libraries' progress bars) live; by default it goes to a log "
+                "file whose path is printed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xalign", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -177,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run one alignment run on Ray Train (local, or the cluster in RAY_ADDRESS)")
     p.add_argument("file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sweep", help="Ray Tune + Optuna over a sweep file; trials are Ray Train runs")
@@ -184,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a sweep whose driver was stopped")
     p.add_argument("--name", help="the sweep's name (default: the file's `name`)")
     p.add_argument("overrides", nargs="*", metavar="key=value", default=[])
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="a finished sweep from MLflow: trials table, best config, plots")
@@ -202,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["dev", "test"])
     p.add_argument("--out", help="where records and plots go (default: $XALIGN_HOME/eval_results/<run name>-<time>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", default=[])
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_eval)
     return parser
 
@@ -215,7 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     import logging
+    import os
 
+    from xalign import progress
+
+    if getattr(args, "verbose", False):
+        os.environ["XALIGN_VERBOSE"] = "1"     # read by xalign.train.console, in this process and in Ray jobs
+    else:
+        progress.quiet_library_bars()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[xalign] %(message)s"))
     logging.getLogger("xalign").addHandler(handler)

@@ -14,8 +14,9 @@ any layer may import it; it imports nothing of xalign (and tqdm only when a bar 
 - Otherwise: ``base model: 120/600 step (20%), loss 3.41, tok_s 5.2k, 12 step/s, 40s left``
   at the start, then at most every ``XALIGN_PROGRESS_INTERVAL`` seconds (default 10) and
   once at the end (``done in ...``). ``XALIGN_PROGRESS=bars|lines|off`` forces a form.
-- In a Ray worker (a Train worker, a Ray task) nothing is drawn there: each update, at most
-  one a second, is one marker line (``RELAY_PREFIX`` + JSON) on the worker's stdout, which
+- In a Ray worker (a Train worker, a Ray task) nothing is drawn there. With ``relay=True``
+  (training on rank 0, the final evaluation) each update, at most one a second, is one
+  marker line (``RELAY_PREFIX`` + JSON) on the worker's stdout, which
   Ray forwards to the driver; the driver's console (xalign.console) hands it to
   ``relayed()``, which shows it there as a bar or plain lines. So rank 0's training
   progress appears where the user started the command, on a laptop or a cluster.
@@ -70,6 +71,15 @@ def mode_for(target: TextIO) -> str:
         return "lines"
 
 
+def quiet_library_bars() -> None:
+    """Hugging Face's own tqdm bars (weights loading, shards written, datasets mapped) off
+    when ours are plain lines: a bar drawn into a log file is a wall of carriage returns.
+    Call before transformers / datasets are imported (the CLI does)."""
+    if mode_for(stream()) != "bars":
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
 def in_ray_worker() -> bool:
     """True inside a Ray worker process (not the driver). Never imports ray itself."""
     worker = sys.modules.get("ray._private.worker")
@@ -109,12 +119,12 @@ class Bar:
 
     def __init__(self, desc: str, total: Optional[float] = None, unit: str = "it", *,
                  target: Optional[TextIO] = None, mode: Optional[str] = None, initial: float = 0,
-                 relay_id: Optional[str] = None):
-        relay = mode is None and target is None and in_ray_worker()
+                 relay: bool = False, relay_id: Optional[str] = None):
+        worker = mode is None and target is None and in_ray_worker()
         self.desc, self.total, self.unit = desc, total, unit
-        self.target = target or (sys.stdout if relay else stream())
-        self.mode = "relay" if relay else (mode or mode_for(self.target))
-        self.n = initial
+        self.target = target or (sys.stdout if worker else stream())
+        self.mode = ("relay" if relay else "off") if worker else (mode or mode_for(self.target))
+        self.n = self.initial = initial
         self.fields: dict[str, Any] = {}
         self.start = time.monotonic()
         self._last_emit = float("-inf")
@@ -182,9 +192,9 @@ class Bar:
         count = f"{fmt_value(self.n)}/{fmt_value(self.total)} {self.unit}" if self.total else f"{fmt_value(self.n)} {self.unit}"
         parts = [count + (f" ({self.n / self.total:.0%})" if self.total else "")]
         parts += [f"{k} {fmt_value(v)}" for k, v in self.fields.items()]
-        rate = self.n / elapsed if elapsed > 0 and self.n else None
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 and self.n > self.initial else None
         if rate:
-            parts.append(f"{rate:.3g} {self.unit}/s")
+            parts.append(f"{fmt_value(float(rate)) if rate >= 1 else f'{rate:.2g}'} {self.unit}/s")
         if final:
             parts.append(f"done in {fmt_seconds(elapsed)}")
         elif rate and self.total:
@@ -200,9 +210,12 @@ class Bar:
         if not force and now - self._last_emit < (RELAY_INTERVAL_S if self.mode == "relay" else interval()):
             return
         self._last_emit = now
+        if not final and self.total and self.n >= self.total and self.mode != "relay":
+            return   # the final line follows
         if self.mode == "relay":
             text = RELAY_PREFIX + json.dumps({"id": self._relay_id, "desc": self.desc, "n": self.n, "total": self.total,
-                                              "unit": self.unit, "fields": self.fields, "final": final}, default=str)
+                                              "unit": self.unit, "fields": self.fields, "final": final,
+                                              "elapsed": now - self.start, "initial": self.initial}, default=str)
         else:
             text = self.line(final=final)
         _write(self.target, text)
@@ -241,6 +254,11 @@ def relayed(line: str, *, target: Optional[TextIO] = None) -> bool:
         if shown is None:
             shown = _relayed_bars[key] = Bar(str(data.get("desc", "")), data.get("total"), str(data.get("unit", "it")),
                                              target=target or stream(), initial=data.get("n") or 0)
+        if isinstance(data.get("elapsed"), (int, float)):   # the worker's clock: rate and time left as it sees them
+            shown.start = time.monotonic() - data["elapsed"]
+            shown.initial = data.get("initial") or 0
+            if shown._tqdm is not None:
+                shown._tqdm.start_t = time.time() - data["elapsed"]
         shown.set(data.get("n"), total=data.get("total"), **(data.get("fields") or {}))
         if data.get("final"):
             shown.close()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from xalign import progress
 from xalign.config.schema import RunConfig, bitext_only
 from xalign.data.batches import (
     TokenizedPairs,
@@ -261,21 +262,29 @@ def build_alignment_data(cfg: RunConfig, tokenizer, world_dir: Path | None) -> A
     ``xalign.data.mix``; ``mix_metrics(stats)`` flattens it for MLflow). With
     ``data.cache`` (the default) the tokenised data is loaded from the cache when the same
     inputs were built before, else built and stored there; ``AlignmentData.cache`` says which."""
-    if not cfg.data.cache:
-        return _build(cfg, tokenizer, world_dir)
-    key = data_cache_key(cfg, tokenizer, world_dir)
-    entry = load_entry(key)
-    if entry is not None:
-        return _from_entry(cfg, tokenizer, entry)
-    data = _build(cfg, tokenizer, world_dir)
-    pairs = {"src": data.pairs.src, "tgt": data.pairs.tgt, "lang": data.pairs.langs, "kept": data.pairs.kept}
-    if data.pairs.neg is not None:
-        pairs["neg"] = data.pairs.neg
-    lm = {name: [ex[name] for ex in data.lm_examples] for name in LM_COLUMNS}
-    path = save_entry(key, pairs, lm, {"stats": data.stats, "too_long": data.pairs.too_long,
-                                        "too_long_by": data.pairs.too_long_by})
-    data.cache = {"hit": False, "path": str(path), "key": key}
-    return data
+    with progress.bar("data: checking the cache", total=BUILD_STEPS + bool(cfg.data.cache), unit="step") as shown:
+        if not cfg.data.cache:
+            return _build(cfg, tokenizer, world_dir, shown)
+        key = data_cache_key(cfg, tokenizer, world_dir)
+        entry = load_entry(key)
+        if entry is not None:
+            shown.set_description("data: loaded from the cache")
+            shown.set(shown.total)
+            return _from_entry(cfg, tokenizer, entry)
+        data = _build(cfg, tokenizer, world_dir, shown)
+        shown.set_description("data: writing the cache")
+        pairs = {"src": data.pairs.src, "tgt": data.pairs.tgt, "lang": data.pairs.langs, "kept": data.pairs.kept}
+        if data.pairs.neg is not None:
+            pairs["neg"] = data.pairs.neg
+        lm = {name: [ex[name] for ex in data.lm_examples] for name in LM_COLUMNS}
+        path = save_entry(key, pairs, lm, {"stats": data.stats, "too_long": data.pairs.too_long,
+                                            "too_long_by": data.pairs.too_long_by})
+        shown.update(1)
+        data.cache = {"hit": False, "path": str(path), "key": key}
+        return data
+
+
+BUILD_STEPS = 4   # shown while building: sources read, pairs tokenised, LM samples built, tokenised
 
 
 def _from_entry(cfg: RunConfig, tokenizer, entry: dict) -> AlignmentData:
@@ -287,9 +296,11 @@ def _from_entry(cfg: RunConfig, tokenizer, entry: dict) -> AlignmentData:
                          cache={"hit": True, "path": entry["path"], "key": meta["key"]})
 
 
-def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
+def _build(cfg: RunConfig, tokenizer, world_dir: Path | None, shown: progress.Bar) -> AlignmentData:
     mix = cfg.data.mix
+    shown.set_description("data: reading the sources")
     src = read_sources(cfg, world_dir)
+    shown.update(1)
     pivot, others, pairs, items, words = src.pivot, src.others, src.pairs, src.items, src.words
     languages = [pivot, *others]
     unknown = sorted(set(mix.pair_weights) - set(languages))
@@ -298,7 +309,9 @@ def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
 
     # Contrastive pairs: filter (empty, identical, duplicate, too long), then the language mix.
     filtered = filter_pairs(pairs)
+    shown.set_description(f"data: tokenising {len(filtered.kept):,} pairs")
     clean = tokenize_pairs(tokenizer, filtered.kept, max_length=cfg.data.max_length)
+    shown.update(1)
     for key, n in clean.too_long_by.items():
         filtered.drop(key, "too_long", n)
     clean_keys = [pair_key(filtered.kept[i]) for i in clean.kept]
@@ -308,6 +321,7 @@ def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
     pair_texts = [filtered.kept[i] for i in tokenized.kept]
 
     # LM samples: cross-lingual instructions, a share of them replaced by translation samples.
+    shown.set_description("data: building LM samples")
     if items:
         build = cross_lingual_samples(items, languages=languages, answer_in=words.answer_in,
                                       cross_probability=mix.cross_probability, repeat=mix.repeat,
@@ -322,7 +336,10 @@ def _build(cfg: RunConfig, tokenizer, world_dir: Path | None) -> AlignmentData:
         samples = add_replay(samples, replay_texts(cfg, world_dir, pivot, src.bad_lines, pair_texts),
                              share=mix.replay_share, pivot=pivot,
                              seed=cfg.seed, tokenizer=tokenizer, max_length=cfg.data.max_length)
+    shown.update(1)
+    shown.set_description(f"data: tokenising {len(samples):,} LM samples")
     tokenized_lm = tokenize_lm(tokenizer, samples, max_length=cfg.data.max_length)
+    shown.update(1)
     examples, truncated = tokenized_lm.examples, tokenized_lm.truncated
     samples = [samples[i] for i in tokenized_lm.kept]
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from xalign import progress
 from xalign.config.eval import EvalConfig
 from xalign.eval.metrics import summarise, table
 from xalign.eval.plots import accuracy_bars, projection
@@ -61,14 +62,20 @@ def shard_bounds(n: int, shard: tuple[int, int]) -> tuple[int, int]:
     return n * index // count, n * (index + 1) // count
 
 
-def score_shard(model, tokenizer, items: dict, *, batch_size: int, shard: tuple[int, int] = (0, 1)) -> dict:
+def score_shard(model, tokenizer, items: dict, *, batch_size: int, shard: tuple[int, int] = (0, 1),
+                label: str = "eval", relay: bool = False) -> dict:
     """Scores of part ``shard`` = (index, count) of every (task, language, seed)'s items:
     one contiguous slice of each, so every part still reuses each prefix's KV cache.
-    ``merge_shards`` of all parts, in index order, equals ``score_shard`` with (0, 1)."""
+    ``merge_shards`` of all parts, in index order, equals ``score_shard`` with (0, 1).
+    Shows progress (``label: task/language``, items/s); ``relay``: from a Ray task too."""
     out = {}
-    for key, batch in items.items():
-        lo, hi = shard_bounds(len(batch), shard)
-        out[key] = score_items(model, tokenizer, batch[lo:hi], batch_size=batch_size) if hi > lo else []
+    bounds = {key: shard_bounds(len(batch), shard) for key, batch in items.items()}
+    with progress.bar(label, total=sum(hi - lo for lo, hi in bounds.values()), unit="item", relay=relay) as shown:
+        for key, batch in items.items():
+            (lo, hi), (task, lang, seed) = bounds[key], key
+            shown.set_description(f"{label} {task}/{lang}" + (f" seed {seed}" if len({k[2] for k in items}) > 1 else ""))
+            out[key] = score_items(model, tokenizer, batch[lo:hi], batch_size=batch_size,
+                                   progress=shown.update) if hi > lo else []
     return out
 
 
@@ -79,14 +86,16 @@ def merge_shards(parts: Sequence[dict]) -> dict:
 
 def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Optional[str] = None,
              prefix: str = "eval", out_dir: Optional[Path] = None, representations: bool = True,
-             items: Optional[dict] = None, scores: Optional[dict] = None) -> EvalResult:
+             items: Optional[dict] = None, scores: Optional[dict] = None, label: str = "eval",
+             relay: bool = False) -> EvalResult:
     """Score every task x language x seed (``items`` from ``plan_items``, built here when not
     given; ``scores``: already scored, e.g. in shards by several workers), summarise, and
-    (with ``out_dir``) write per-item records and plots there."""
+    (with ``out_dir``) write per-item records and plots there. ``label``, ``relay``: the
+    progress display (see ``score_shard``)."""
     start = time.perf_counter()
     items = items if items is not None else plan_items(cfg, target, split=split)
     if scores is None:
-        scores = score_shard(model, tokenizer, items, batch_size=cfg.batch_size)
+        scores = score_shard(model, tokenizer, items, batch_size=cfg.batch_size, label=label, relay=relay)
     accuracies: dict[str, dict[str, dict[str, list[float]]]] = {n: {} for n in NORMALIZATIONS}
     all_items, all_scores = [], []
     for key, batch in items.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from xalign import progress
 from xalign.config.schema import ObjectiveConfig
 from xalign.data.batches import collate_lm_batch, encode, num_tokens
 from xalign.data.stream import ShardedOrder
@@ -103,13 +104,16 @@ def pretrain_base_model(world_dir: Path, world_cfg) -> dict:
         order = ShardedOrder(len(examples), seed=world_cfg.seed, local_batch=cfg.batch_size)
         loss_fn = lambda m, b: alignment_loss(m, b, LM_ONLY)  # noqa: E731
         start, tokens, losses = time.perf_counter(), 0, []
-        for step in range(cfg.steps):
-            batch = collate_lm_batch([examples[i] for i in order.indices(step)], tokenizer.pad_token_id,
-                                     pack=False, max_length=cfg.seq_len)
-            metrics = train_step(model, optimizer, scheduler, [batch], loss_fn, step=step + 1,
-                                 max_grad_norm=1.0, dist=Dist(), params=params, count_tokens=num_tokens)
-            tokens += metrics["tokens"]
-            losses.append(metrics["loss"])
+        with progress.bar("world: base model pre-training", total=cfg.steps, unit="step") as shown:
+            for step in range(cfg.steps):
+                batch = collate_lm_batch([examples[i] for i in order.indices(step)], tokenizer.pad_token_id,
+                                         pack=False, max_length=cfg.seq_len)
+                metrics = train_step(model, optimizer, scheduler, [batch], loss_fn, step=step + 1,
+                                     max_grad_norm=1.0, dist=Dist(), params=params, count_tokens=num_tokens)
+                tokens += metrics["tokens"]
+                losses.append(metrics["loss"])
+                shown.update(1, loss=sum(losses[-20:]) / len(losses[-20:]),
+                             tok_s=tokens / max(time.perf_counter() - start, 1e-9))
         seconds = time.perf_counter() - start
     out_dir = world_dir / "base_model"
     model.save_pretrained(out_dir)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from xalign import progress
 from xalign.config.schema import WORLD_MODEL, RunConfig, evaluates_world, uses_world
 from xalign.config.world import WorldConfig
 from xalign.errors import XalignError
@@ -115,11 +116,14 @@ def file_records(root: Path, paths: Sequence[Path]) -> dict:
 def run_stages(world_dir: Path, cfg: WorldConfig, stages: Sequence[tuple[str, Stage]]) -> dict:
     """Run the stages in order; each part's summary gets the files that stage wrote."""
     parts, seen = {}, set()
-    for name, stage in stages:
-        summary = stage(world_dir, cfg)
-        written = [p for p in world_dir.rglob("*") if p.is_file() and p not in seen]
-        seen.update(written)
-        parts[name] = {**summary, "files": file_records(world_dir, written)}
+    with progress.bar("world: building", total=len(stages), unit="part") as shown:
+        for name, stage in stages:
+            shown.set_description(f"world: {name.replace('_', ' ')}")
+            summary = stage(world_dir, cfg)
+            written = [p for p in world_dir.rglob("*") if p.is_file() and p not in seen]
+            seen.update(written)
+            parts[name] = {**summary, "files": file_records(world_dir, written)}
+            shown.update(1)
     return parts
 
 

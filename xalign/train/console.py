@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import re
@@ -97,21 +98,32 @@ class _LineWriter(io.TextIOBase):
 class RayOutput:
     """Where Ray's output goes while a command runs; see the module docstring."""
 
-    def __init__(self, log_path: Path, *, show: bool, console: TextIO):
+    def __init__(self, log_path: Path, *, show: bool, console: TextIO, relayed: bool = True):
         self.path = Path(log_path)
-        self.show = show
+        self.show, self.relayed = show, relayed
         self.console = console
         self.surfaced: list[str] = []
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.path, "a", encoding="utf-8", buffering=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.path, "a", encoding="utf-8", buffering=1)
+        except OSError:   # the run's folder is not writable: its own check says so later, clearly
+            from xalign.paths import xalign_home
+
+            self.path = xalign_home() / "logs" / f"{self.path.parent.name}-{LOG_NAME}"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.path, "a", encoding="utf-8", buffering=1)
         self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} xalign (pid {os.getpid()}): Ray's output ---\n")
         self._attached = False
 
     def line(self, text: str, *, source: Optional[str]) -> None:
         """One line of Ray's output (``source``: the worker or actor it came from)."""
-        if progress.relayed(text, target=self.console):
-            return
+        if text.startswith(progress.RELAY_PREFIX):
+            if self.relayed and progress.relayed(text, target=self.console):
+                return
+            text = _relayed_summary(text)   # a sweep shows its own progress; the log keeps each final line
+            if text is None:
+                return
         shown = f"({source}) {text}" if source else text
         with self._lock:
             try:
@@ -130,7 +142,7 @@ class RayOutput:
         who = data.get("actor_name") or data.get("task_name") or ""
         source = "autoscaler" if pid == "autoscaler" else ("raylet" if pid == "raylet" else f"{who} pid={pid}".strip())
         for text in data.get("lines", []):
-            if pid == "autoscaler" and AUTOSCALER_NOISE.search(text):
+            if pid == "autoscaler" and (not text.strip() or AUTOSCALER_NOISE.search(text)):
                 continue   # the status table every 5 s; `ray status` shows it on demand
             self.line(text, source=source)
 
@@ -157,6 +169,19 @@ class RayOutput:
             self._log.close()
 
 
+def _relayed_summary(line: str) -> Optional[str]:
+    """The final state of a relayed progress line, as text for the log; None otherwise."""
+    try:
+        data = json.loads(line[len(progress.RELAY_PREFIX):])
+    except ValueError:
+        return line
+    if not data.get("final"):
+        return None
+    fields = ", ".join(f"{k} {progress.fmt_value(v)}" for k, v in (data.get("fields") or {}).items())
+    return (f"{data.get('desc')}: {progress.fmt_value(data.get('n'))}/{progress.fmt_value(data.get('total'))} "
+            f"{data.get('unit')}" + (f", {fields}" if fields else "") + f", done in {progress.fmt_seconds(data.get('elapsed') or 0)}")
+
+
 _active: Optional[RayOutput] = None
 
 
@@ -171,15 +196,17 @@ def log_path_for(folder: str, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def ray_output(log_path: Path) -> Iterator[Optional[RayOutput]]:
+def ray_output(log_path: Path, *, relayed: bool = True) -> Iterator[Optional[RayOutput]]:
     """Route Ray's output to ``log_path`` (and live to the console with --verbose) for the
-    duration; prints the path once. Nested or inside a Ray worker: does nothing."""
+    duration; prints the path once. ``relayed``: show Ray workers' progress (xalign.progress)
+    on the console (a sweep shows its own instead). Nested or inside a Ray worker: does
+    nothing."""
     global _active
     if _active is not None or in_ray_worker():
         yield _active
         return
     console = progress.stream()
-    out = RayOutput(log_path, show=verbose(), console=console)
+    out = RayOutput(log_path, show=verbose(), console=console, relayed=relayed)
     saved = sys.stdout, sys.stderr
     handlers = [h for h in logging.getLogger("ray").handlers
                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]

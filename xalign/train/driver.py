@@ -22,6 +22,7 @@ from xalign.model.checks import check_run_model
 from xalign.model.freeze import check_freeze
 from xalign.storage import check_shared, check_storage, join
 from xalign.synthetic import run_world
+from xalign.train import console
 from xalign.train.cluster import TrainingError, check_ray_before_work, init_ray
 from xalign.train.final_eval import evaluation_plan, final_evaluation, local_eval_dir
 from xalign.train.worker import NONFINITE_FILE, USER_ERROR_FILE, train_loop_per_worker
@@ -92,7 +93,21 @@ def raise_if_nonfinite(metrics: dict, checkpoint: Optional[str]) -> None:
 def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[str] = None,
           callbacks: Sequence = (), parent_run_id: Optional[str] = None,
           tags: Optional[dict[str, str]] = None, storage_checked: bool = False,
-          data_checked: bool = False) -> TrainResult:
+          data_checked: bool = False, mlflow_name: Optional[str] = None) -> TrainResult:
+    """One alignment run (see ``_train``), with Ray's output in the run's folder
+    (``ray_output.log``; live with --verbose) and its progress on the console.
+    ``mlflow_name``: the MLflow run's name when it differs from the Ray run's ``name``."""
+    name = name or run_name(cfg)
+    log = console.log_path_for(join(storage_root(cfg, storage_path), name), name)
+    with console.ray_output(log):
+        return _train(cfg, name=name, storage_path=storage_path, callbacks=callbacks, parent_run_id=parent_run_id,
+                      tags=tags, storage_checked=storage_checked, data_checked=data_checked,
+                      mlflow_name=mlflow_name)
+
+
+def _train(cfg: RunConfig, *, name: str, storage_path: Optional[str], callbacks: Sequence,
+           parent_run_id: Optional[str], tags: Optional[dict[str, str]], storage_checked: bool,
+           data_checked: bool, mlflow_name: Optional[str]) -> TrainResult:
     """One alignment run on Ray Train; blocks until it ends. Inside a sweep trial, pass the
     Tune callback, the sweep's storage (checked once by the sweep), whether the sweep
     already built this trial's data (``data_checked``: no data, model or seed key was
@@ -109,13 +124,14 @@ def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[
     if not data_checked:
         prepare_data(cfg, world_dir)
     init_ray(cfg)
+    console.attach()                    # worker output to the log file, their progress to the console
     if not storage_checked:
         check_shared(storage_path)      # and so can every node, seeing the same files
     name = name or run_name(cfg)
     run_id = uri = None
     if cfg.tracking.enabled:
         uri = tracking.tracking_uri(cfg.tracking)
-        run_id = tracking.open_run(cfg.tracking, cfg, run_name=name, kind="train", tags=tags, parent_run_id=parent_run_id,
+        run_id = tracking.open_run(cfg.tracking, cfg, run_name=mlflow_name or name, kind="train", tags=tags, parent_run_id=parent_run_id,
                                    reuse_tag="xalign.trial_id" if "xalign.trial_id" in (tags or {}) else None)
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}

@@ -87,6 +87,9 @@ def _eval_setup(cfg: RunConfig, plan: dict, model_cfg, model_world):
     return model, tokenizer, target, eval_cfg, plan_items(eval_cfg, target)
 
 
+_WHAT = {"eval": "trained model", "base": "starting model"}   # metric prefix -> what the progress line says
+
+
 def _score_checkpoint_shard(cfg_data: dict, checkpoint_path: Optional[str], world_dir: Optional[str], plan: dict,
                             shard: tuple[int, int]) -> dict:
     """{metric prefix: scores of part ``shard`` of the items} for each model evaluated."""
@@ -95,7 +98,8 @@ def _score_checkpoint_shard(cfg_data: dict, checkpoint_path: Optional[str], worl
     with _models_to_evaluate(cfg, checkpoint_path, Path(world_dir) if world_dir else None) as entries:
         for prefix, model_cfg, model_world in entries:
             model, tokenizer, _target, eval_cfg, items = _eval_setup(cfg, plan, model_cfg, model_world)
-            out[prefix] = score_shard(model, tokenizer, items, batch_size=eval_cfg.batch_size, shard=shard)
+            out[prefix] = score_shard(model, tokenizer, items, batch_size=eval_cfg.batch_size, shard=shard,
+                                      label=f"final eval, {_WHAT[prefix]}, part {shard[0] + 1}/{shard[1]}", relay=True)
     return out
 
 
@@ -111,7 +115,7 @@ def _evaluate_checkpoint(cfg_data: dict, checkpoint_path: Optional[str], world_d
         for prefix, model_cfg, model_world in entries:
             model, tokenizer, target, eval_cfg, items = _eval_setup(cfg, plan, model_cfg, model_world)
             result = evaluate(model, tokenizer, eval_cfg, target, prefix=prefix, out_dir=Path(out_dir), items=items,
-                              scores=(scores or {}).get(prefix))
+                              scores=(scores or {}).get(prefix), label=f"final eval, {_WHAT[prefix]}", relay=True)
             merged.update(result.metrics)
             files += result.files
             tables.append(f"[{prefix}]\n{result.table}")

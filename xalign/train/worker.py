@@ -19,7 +19,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from xalign import storage
+from xalign import progress, storage
 from xalign.config.schema import RunConfig
 from xalign.errors import XalignError
 from xalign.data import mix_metrics
@@ -56,12 +56,14 @@ def train_loop_per_worker(config: dict) -> None:
             stop_on_user_error(refused, config)
         return
     window, last_saved, stop = Window(), start, cfg.optim.max_steps
+    shown = training_progress(run, config, start, stop)
     for step, micro in zip(range(start, stop), step_batches(run, start, stop)):
         try:
             window.add(run.step(step, micro))
         except NonFiniteLossError as exc:
             stop_on_nonfinite(exc, run, config, logger)
             return
+        shown.step(window.metrics[-1])
         done = step + 1
         save, dev_eval, log_now = due(cfg, done, evaluate=config.get("evaluate", False))
         if not (save or dev_eval or log_now):
@@ -83,6 +85,27 @@ def train_loop_per_worker(config: dict) -> None:
             # 2 s (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), which stalled short steps 5x when every
             # logging window reported. The windows go to MLflow, from rank 0, above.
             ray.train.report(report)
+
+
+class training_progress:
+    """Rank 0's progress (step of max_steps, losses, tokens/s, time left), relayed to the
+    driver's console by xalign.progress; nothing on other ranks."""
+
+    def __init__(self, run: Run, config: dict, start: int, stop: int):
+        name = Path(str(config.get("storage_path") or "run")).name
+        self.bar = progress.bar(f"train {name}", total=stop, unit="step", initial=start, relay=run.dist.rank == 0)
+        self.began, self.tokens, self.smooth = time.perf_counter(), 0, {}
+
+    def step(self, metrics: dict) -> None:
+        self.tokens += metrics.get("tokens", 0)
+        for key in ("loss", "lm", "contrastive"):
+            if key in metrics:   # a running mean over ~20 steps: a single step's loss jumps
+                old = self.smooth.get(key)
+                self.smooth[key] = metrics[key] if old is None else 0.9 * old + 0.1 * metrics[key]
+        shown = {{"loss": "loss", "lm": "lm", "contrastive": "ctr"}[k]: v for k, v in self.smooth.items()}
+        self.bar.update(1, **shown, tok_s=self.tokens / max(time.perf_counter() - self.began, 1e-9))
+        if self.bar.n >= (self.bar.total or 0):
+            self.bar.close()
 
 
 def due(cfg: RunConfig, done: int, *, evaluate: bool) -> tuple[bool, bool, bool]:
