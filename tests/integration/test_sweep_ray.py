@@ -9,7 +9,7 @@ second trial is behind the first on train/loss_lm and is stopped."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,39 +21,10 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def small_sweep(ray_cluster, tiny_world, tiny_world_overrides, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sweep")
-    sweep_file = tmp / "small.yaml"
-    sweep_file.write_text(f"""\
-extends: {REPO / 'configs' / 'runs' / 'afp-synthetic.yaml'}
-name: small
-optim: {{max_steps: 10, batch_size: 4, lr: 1.0e-3}}
-data: {{max_length: 64, mix: {{replay_share: 0.2}}}}
-eval: {{every_n_steps: 5, max_items: 10}}
-checkpoint: {{every_n_steps: 5, keep: 1}}
-tracking: {{tracking_uri: "sqlite:///mlflow.db", experiment: sweeps}}   # relative: resolved once by the driver
-search:
-  objective.temperature: {{float: {{low: 0.05, high: 0.2, log: true}}}}
-  optim.lr: {{categorical: {{choices: [3.0e-3, 1.0e-12]}}}}
-tune: {{num_samples: 2, seed: 3, max_concurrent_trials: 1, scheduler: asha, asha_metric: train/loss_lm,
-        grace_period: 5}}
-confirm:
-  seeds: [0]
-  controls: {{no_contrastive: {{objective.contrastive_weight: 0}}}}
-""")
-    overrides = [f"data.world.{o}" for o in tiny_world_overrides] + [f"checkpoint.storage_path={tmp / 'ray_results'}"]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["gcs_address"]}
-    proc = subprocess.run([sys.executable, "-m", "xalign.cli", "sweep", str(sweep_file), *overrides],
-                          capture_output=True, text=True, env=env, cwd=tmp, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
-    return tmp, proc.stdout
-
-
 def test_sweep_runs_trials_as_mlflow_children_and_confirms_the_best(small_sweep):
     from mlflow.tracking import MlflowClient
 
-    tmp, stdout = small_sweep
+    tmp, stdout, _ = small_sweep
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sweeps").experiment_id
     parents = client.search_runs([exp], filter_string="tags.`xalign.kind` = 'sweep'")
@@ -63,7 +34,11 @@ def test_sweep_runs_trials_as_mlflow_children_and_confirms_the_best(small_sweep)
     assert "xalign.best_trial_id" in parent.data.tags and "best/eval/acc_non_pivot" in parent.data.metrics
     assert "base/acc_pivot" in parent.data.metrics                      # the base model, evaluated once
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"best_config.yaml", "trials.json", "sweep"} <= artifacts
+    assert {"best_config.yaml", "trials.json", "sweep", "summary.txt", "report"} <= artifacts
+    report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/pareto.png", "report/best_accuracy.png"} <= report_files
+    assert {"eval/acc_non_pivot", "eval/gap"} <= set(parent.data.metrics)   # the headline, on the parent's row
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     phases = sorted(c.data.tags["xalign.phase"] for c in children)
     assert phases == ["confirm", "confirm", "search", "search"]
@@ -80,7 +55,9 @@ def test_sweep_runs_trials_as_mlflow_children_and_confirms_the_best(small_sweep)
     for child in children:
         assert child.info.status == "FINISHED"
         assert float(child.data.params["optim.lr"]) == 3e-3
-        assert child.info.run_name.startswith("run_trial_")
+        # readable names: the trial's number and the values it was given (or its variant and seed)
+        assert re.fullmatch(r"\d+: temperature=[0-9.e-]+ lr=0\.003|confirm \d+: (best|no_contrastive) seed=0",
+                            child.info.run_name), child.info.run_name
         assert {"eval/acc_non_pivot", "eval/acc_pivot", "dev/acc", "train/loss", "data/lm/replay_share"} \
             <= set(child.data.metrics)
         assert "base/acc" not in child.data.metrics                     # not re-evaluated per trial
@@ -94,7 +71,7 @@ def test_sweep_runs_trials_as_mlflow_children_and_confirms_the_best(small_sweep)
 
 
 def test_report_reads_the_sweep_back_from_mlflow(small_sweep):
-    tmp, _ = small_sweep
+    tmp, _, _ = small_sweep
     res = subprocess.run([sys.executable, "-m", "xalign.cli", "report", "small", "--out", str(tmp / "report"),
                           f"tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "experiment=sweeps"],
                          capture_output=True, text=True, cwd=tmp)
@@ -110,7 +87,7 @@ def test_report_reads_the_sweep_back_from_mlflow(small_sweep):
 
 
 def test_compare_runs_notebook_executes_against_the_sweep(small_sweep):
-    tmp, _ = small_sweep
+    tmp, _, _ = small_sweep
     notebook = json.loads((REPO / "notebooks" / "compare_runs.ipynb").read_text())
     namespace = {"TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "EXPERIMENT": "sweeps", "SWEEP": "small",
                  "MPL_BACKEND": "Agg"}

@@ -93,3 +93,25 @@ def scatter(xs: list, ys: list[float], *, xlabel: str, ylabel: str, path: Path, 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def pareto(xs: list[float], ys: list[float], on_front: list[bool], *, labels: list[str], xlabel: str, ylabel: str,
+           path: Path) -> Path:
+    """Trials as points on two objectives, the Pareto front joined and labelled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 3.8))
+    ax.scatter([x for x, f in zip(xs, on_front) if not f], [y for y, f in zip(ys, on_front) if not f],
+               c="0.6", label="trial")
+    front = sorted((x, y, label) for x, y, f, label in zip(xs, ys, on_front, labels) if f)
+    if front:
+        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", c="C3", label="Pareto front")
+        for x, y, label in front:
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

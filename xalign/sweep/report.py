@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import yaml
 
@@ -93,8 +93,11 @@ def summary(result, sweep: SweepConfig) -> str:
         out.append(comparison(result, result.base_metrics))
     if result.parent_run_id:
         uri = tracking.tracking_uri(sweep.tracking)
-        out.append(f"MLflow: mlflow ui --backend-store-uri {uri}  (parent run {result.parent_run_id}; "
-                   "then http://127.0.0.1:5000)")
+        command, url = tracking.ui_link(sweep.tracking, view=tracking.view_key(result.name))
+        out.append(f"MLflow (parent run {result.parent_run_id}): {command + ', then open ' if command else 'open '}"
+                   f"{url}")
+        if result.report_html:
+            out.append(f"HTML report: {result.report_html}")
         out.append(f"Report: xalign report {result.name} tracking_uri={uri} experiment={sweep.tracking.experiment}")
     return "\n".join(out)
 
@@ -148,8 +151,134 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     for key in searched:
         if search:
             scatter(search, key, "eval/gap", out_dir / f"gap_vs_{key.replace('.', '_')}.png")
+    names = {run.data.tags.get("xalign.trial_id", ""): run.info.run_name for run in children}
+    page = html_report(name, parent.info.run_id, trials, objectives, searched, base,
+                       next((t for t in trials if t.trial_id == best_id), None), names, out_dir,
+                       projections=_projections(parent, children, best_id, download, out_dir))
     lines.append(f"Plots: {out_dir}")
+    lines.append(f"HTML report: {page}")
     return "\n".join(lines)
+
+
+def _projections(parent, children, best_id, download, out_dir: Path) -> tuple[Optional[Path], Optional[Path]]:
+    """The representation projections logged with the evaluations: the starting model's (the
+    sweep's base evaluation, on the parent run) and the best trial's, downloaded."""
+    found = []
+    best_run = next((r for r in children if r.data.tags.get("xalign.trial_id") == best_id), None)
+    for run, artifact in ((parent, "eval/base_representations.png"), (best_run, "eval/eval_representations.png")):
+        path = None
+        if run is not None:
+            try:
+                folder = out_dir / "artifacts" / run.info.run_id
+                folder.mkdir(parents=True, exist_ok=True)
+                path = Path(download(run.info.run_id, artifact, str(folder)))
+            except Exception:  # noqa: BLE001  (not logged: tracking was off for the evaluation, or no world)
+                path = None
+        found.append(path)
+    return found[0], found[1]
+
+
+def _cell(value) -> str:
+    return f"{100 * value:.1f}" if isinstance(value, (int, float)) else "-"
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    sd = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.1f}{sd}"
+
+
+def groups_of(trials: Sequence, best) -> dict[str, list]:
+    """The confirmation runs by variant ("best", then each control); the best search trial
+    alone when nothing was confirmed."""
+    groups: dict[str, list] = {}
+    for t in trials:
+        if t.phase == "confirm" and t.status == "TERMINATED":
+            groups.setdefault(t.params.get("__control__", "best"), []).append(t)
+    if "best" not in groups and best is not None:
+        groups = {"best": [best], **groups}
+    return groups
+
+
+def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, searched: Sequence[str], base: dict,
+                best, names: dict[str, str], out_dir: Path, *,
+                projections: tuple[Optional[Path], Optional[Path]] = (None, None)) -> Path:
+    """``report.html`` in ``out_dir``: the base model against the best config and the
+    controls, accuracy per task and language before and after, the Pareto front, the
+    representation projection before and after, the search trials and the best config."""
+    from xalign.sweep.page import Page
+
+    page = Page(f"Sweep {name}")
+    page.text(f"MLflow parent run {parent_id}; {len(trials)} trials. Accuracies in %, mean ± sd over seeds; "
+              "changes against the starting model in points.", note=True)
+    groups = groups_of(trials, best)
+    keys = [("eval/acc_non_pivot", "base/acc_non_pivot", "non-pivot acc"), ("eval/acc_pivot", "base/acc_pivot", "pivot acc"),
+            ("eval/gap", "base/gap", "gap"), ("align/retrieval/top1", "base/align/retrieval/top1", "retrieval top-1"),
+            ("align/mexa", "base/align/mexa", "MEXA")]
+    rows = [["starting model", "-"] + [_cell(base.get(b)) for _, b, _ in keys]]
+    for group, runs in groups.items():
+        cells = []
+        for key, base_key, _ in keys:
+            values = [t.metrics[key] for t in runs if isinstance(t.metrics.get(key), (int, float))]
+            delta = (f" ({100 * (statistics.mean(values) - base[base_key]):+.1f})"
+                     if values and isinstance(base.get(base_key), (int, float)) else "")
+            cells.append(_mean_sd(values) + delta)
+        rows.append([group + (" config" if group == "best" else ""), len(runs)] + cells)
+    page.heading("Starting model, best config and controls")
+    page.table(["", "runs"] + [label for _, _, label in keys], rows)
+
+    after = groups.get("best", [])
+    cells = sorted({tuple(k.split("/")[1:3]) for t in after for k in t.metrics
+                    if k.startswith("eval/") and k.count("/") == 3 and k.endswith("/acc")})
+    if cells:
+        rows = []
+        for task, lang in cells:
+            values = [t.metrics[f"eval/{task}/{lang}/acc"] for t in after if f"eval/{task}/{lang}/acc" in t.metrics]
+            before = base.get(f"base/{task}/{lang}/acc")
+            change = (f"{100 * (statistics.mean(values) - before):+.1f}"
+                      if values and isinstance(before, (int, float)) else "-")
+            rows.append([task, lang, _cell(before), _mean_sd(values), change])
+        page.heading("Accuracy per task and language, before and after")
+        page.table(["task", "language", "starting model", "best config", "change"], rows)
+    page.figure(out_dir / "base_accuracy.png", "before: the starting model")
+    page.figure(out_dir / "best_accuracy.png", "after: the best trial")
+
+    search = [t for t in trials if t.phase == "search"]
+    metrics = list(objectives)
+    x_key, y_key = (metrics[0], metrics[1]) if len(metrics) > 1 else (metrics[0], "eval/gap")
+    points = [t for t in search if isinstance(t.metrics.get(x_key), (int, float))
+              and isinstance(t.metrics.get(y_key), (int, float))]
+    page.heading("Pareto front")
+    if points:
+        from xalign.sweep.space import pareto_front
+
+        front = {t.trial_id for t in pareto_front(points, {m: objectives.get(m, "max") for m in (x_key, y_key)})}
+        plots.pareto([100 * t.metrics[x_key] for t in points], [100 * t.metrics[y_key] for t in points],
+                     [t.trial_id in front for t in points], labels=[names.get(t.trial_id, t.trial_id).split(":")[0]
+                                                                     for t in points],
+                     xlabel=f"{x_key} (%)", ylabel=f"{y_key} (%)", path=out_dir / "pareto.png")
+        page.figure(out_dir / "pareto.png", f"search trials on {x_key} and {y_key}; red: the Pareto front")
+    else:
+        page.text("(no search trial reached its final evaluation)", note=True)
+    page.heading("Sentence representations, before and after")
+    page.figure(projections[0], "before: the starting model (PCA, coloured by language)")
+    page.figure(projections[1], "after: the best trial (PCA, coloured by language)")
+
+    first, mode = next(iter(objectives.items()))
+    ordered = sorted(search, key=lambda t: t.metrics.get(first, float("-inf") if mode == "max" else float("inf")),
+                     reverse=mode == "max")
+    page.heading("Search trials")
+    page.table(["trial", "status"] + [c for c in COLUMNS] + ["seconds"],
+               [[names.get(t.trial_id, t.trial_id), t.status] + [_cell(t.metrics.get(c)) for c in COLUMNS]
+                + [f"{t.seconds:.0f}"] for t in ordered])
+    for key in searched:
+        page.figure(out_dir / f"gap_vs_{key.replace('.', '_')}.png", f"eval/gap against {key}")
+    config = out_dir / "best_config.yaml"
+    if config.is_file():
+        page.heading("Best config (ready for `xalign train`)")
+        page.pre(config.read_text(encoding="utf-8"))
+    return page.write(out_dir / "report.html")
 
 
 def _parse(value):

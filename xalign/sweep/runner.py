@@ -23,13 +23,14 @@ import yaml
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 
-from xalign import storage, tracking
+from xalign import progress, storage, tracking
 from xalign.config import flatten
 from xalign.config.loader import with_dotted
 from xalign.config.schema import RunConfig
 from xalign.config.sweep import SweepConfig
 from xalign.sweep.space import pareto_front, tune_space
 from xalign.synthetic import run_world
+from xalign.train import console
 from xalign.train.cluster import TrainingError, check_ray_before_work, init_ray, runs_that_fit
 from xalign.train.driver import prepare_data, storage_root, train
 from xalign.train.final_eval import evaluation_plan, final_evaluation, local_eval_dir
@@ -59,6 +60,7 @@ class SweepResult:
     parent_run_id: Optional[str]
     path: str
     base_metrics: dict[str, float] = field(default_factory=dict)
+    report_html: Optional[str] = None     # the HTML report written at the end, when tracking is on
 
 
 def trial_config(base: dict, params: dict[str, Any]) -> RunConfig:
@@ -85,11 +87,152 @@ def make_trainable(base: dict, *, storage: str, parent_run_id: Optional[str], sw
         # leave data, model and seed alone reads the same data and need not check it again.
         same_data = not any(k == "seed" or k.startswith(("data.", "model.")) for k in overrides)
         result = train(cfg, name=context.get_trial_name(), storage_path=storage, callbacks=[TuneReportCallback()],
-                       parent_run_id=parent_run_id, tags=tags, storage_checked=True, data_checked=same_data)
+                       parent_run_id=parent_run_id, tags=tags, storage_checked=True, data_checked=same_data,
+                       mlflow_name=trial_label(phase, experiment_tag(context.get_trial_dir(), context.get_trial_name()),
+                                               variant))
         final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and "/layer" not in k}
         ray.tune.report({**final, "trial_seconds": time.perf_counter() - start, "done_final": 1})
 
     return run_trial
+
+
+def trial_number(experiment_tag: str, phase: str) -> int:
+    """The trial's number in its phase, from Tune's experiment tag (``3_objective.temperature=...``:
+    counted from 1 by the searcher of the search phase, from 0 by the confirmation's grid)."""
+    head = str(experiment_tag).split("_", 1)[0]
+    number = int(head) if head.isdigit() else 0
+    return number + 1 if phase == "confirm" else number
+
+
+def experiment_tag(trial_dir: str, trial_name: str) -> str:
+    """Tune's experiment tag of a running trial, from its folder ``<name>_<tag>_<date>``."""
+    folder = Path(trial_dir).name
+    return folder[len(trial_name) + 1:] if folder.startswith(trial_name + "_") else ""
+
+
+def short_keys(keys) -> dict[str, str]:
+    """Dotted keys shortened to their last part where that stays unambiguous
+    (``objective.temperature`` -> ``temperature``)."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (tail if last.count(tail) == 1 else k) for k, tail in zip(keys, last)}
+
+
+def show_value(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trial_label(phase: str, tag: str, variant: dict) -> str:
+    """A trial's readable name (the MLflow run name, the progress notes): its number and
+    the values it was given, e.g. ``3: temperature=0.0712 layer=-1`` or, confirming,
+    ``confirm 2: no_contrastive seed=1``."""
+    number = trial_number(tag, phase)
+    values = {k: v for k, v in variant.items() if not k.startswith("__")}
+    if phase == "confirm":
+        return f"confirm {number}: {variant.get('__control__', 'best')} seed={values.get('seed', '-')}"
+    names = short_keys(list(values))
+    return f"{number}: " + " ".join(f"{names[k]}={show_value(v)}" for k, v in values.items())
+
+
+class SweepProgress:
+    """The sweep's progress on the console: trials done of all planned (search, then the
+    confirmation runs), running and pending, failures, the best objective so far, elapsed
+    and time left (from the pace of finished trials); and one line per finished trial.
+    Tune calls it through ``ProgressCallback`` (Tune pickles its callbacks with the
+    experiment's state; this one holds a terminal)."""
+
+    def __init__(self, name: str, metrics: dict[str, str], total: int, log_path: Optional[Path]):
+        self.metrics, self.first = metrics, next(iter(metrics))
+        self.bar = progress.bar(f"sweep {name}: starting", total=total, unit="trial")
+        self.log_path = log_path
+        self.phase, self.phase_total, self.best, self.failed, self.finished = "search", total, None, 0, set()
+        self.started: set[str] = set()
+
+    def begin(self, phase: str, trials: int, total: int) -> None:
+        self.phase, self.phase_total = phase, trials
+        self.bar.set_description(self.bar.desc.rsplit(":", 1)[0] + f": {phase}")
+        self.bar.set(total=total)
+
+    def _show(self, trials) -> None:
+        running = sum(t.status in ("RUNNING", "PENDING") and t.trial_id in self.started for t in trials)
+        done_here = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        fields = {"running": running, "pending": max(0, self.phase_total - done_here - running)}
+        if self.failed:
+            fields["failed"] = self.failed
+        if self.best is not None:
+            fields[f"best {self.first}"] = round(self.best, 4)   # of the search (controls are not candidates)
+        self.bar.set(len(self.finished), **fields)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.add(trial.trial_id)
+        self._show(trials)
+
+    def on_step_end(self, iteration, trials, **info):   # often: the plain lines keep their pace
+        self._show(trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.phase == "search" and result.get("done_final") and isinstance(result.get(self.first), (int, float)):
+            value, sign = result[self.first], 1 if self.metrics[self.first] == "max" else -1
+            if self.best is None or sign * value > sign * self.best:
+                self.best = value
+        self._show(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, trials, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, trials, failed=True)
+
+    def _finish(self, trial, trials, *, failed: bool) -> None:
+        key = (self.phase, trial.trial_id)
+        if key in self.finished:
+            return
+        self.finished.add(key)
+        self.failed += failed
+        label = trial_label(self.phase, trial.experiment_tag, (trial.config or {}).get("__variant__", trial.config or {}))
+        result = trial.last_result or {}
+        if failed:
+            where = f"{trial.path}/error.txt" if trial.path else "Tune's trial folder"
+            text = f"trial {label}: FAILED (the error: {where}; Ray's output: {self.log_path})"
+        elif not result.get("done_final"):
+            text = f"trial {label}: stopped early at step {int(result.get('step', 0))} by the scheduler"
+        else:
+            shown = ", ".join(f"{m} {result[m]:.4f}" for m in self.metrics if isinstance(result.get(m), (int, float)))
+            text = f"trial {label}: {shown} ({progress.fmt_seconds(result.get('trial_seconds', 0))})"
+        self.bar.note(text)
+        self._show(trials)
+
+    def close(self) -> None:
+        if self.bar.total and len(self.finished) < self.bar.total:   # no confirmation ran, or a stop
+            self.bar.set(total=len(self.finished))
+        self.bar.fields.update(running=0, pending=0)
+        self.bar.close()
+
+
+_shown: Optional[SweepProgress] = None   # the sweep this driver shows
+
+
+class ProgressCallback(ray.tune.Callback):
+    """Tune's events to the sweep's progress display; stateless, so Tune can pickle it."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if _shown is not None:
+            _shown.on_trial_start(iteration, trials, trial)
+
+    def on_step_end(self, iteration, trials, **info):
+        if _shown is not None:
+            _shown.on_step_end(iteration, trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if _shown is not None:
+            _shown.on_trial_result(iteration, trials, trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _shown is not None:
+            _shown.on_trial_complete(iteration, trials, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if _shown is not None:
+            _shown.on_trial_error(iteration, trials, trial)
 
 
 def optuna_search():
@@ -129,6 +272,40 @@ def _open_parent(sweep: SweepConfig, name: str, sweep_file: Path, state_path: st
     return run_id
 
 
+#: The headline metrics: the parent run carries them (the best config's, averaged over its
+#: confirmation seeds), and the sweep's saved view in MLflow shows them as columns.
+HEADLINE = ("eval/acc_non_pivot", "eval/acc_pivot", "eval/gap", "eval/acc", "align/retrieval/top1", "align/mexa")
+
+
+def publish_view(sweep: SweepConfig, name: str) -> None:
+    """The sweep's saved view in MLflow's runs table (its runs, the objectives, the headline
+    metrics and the searched keys as columns) and the command that opens it, printed."""
+    metrics = list(dict.fromkeys([*sweep.tune.metrics, *HEADLINE]))
+    key = tracking.view_key(name)
+    try:
+        tracking.save_view(sweep.tracking, key, title=f"sweep {name}", search_filter=f"tags.`xalign.sweep` = '{name}'",
+                           metrics=metrics, params=list(sweep.search))
+        command, url = tracking.ui_link(sweep.tracking, view=key)
+    except tracking.TrackingError as exc:   # the runs are logged all the same; only the view is missing
+        progress.note(f"MLflow: the sweep's saved view could not be stored ({exc})")
+        command, url = tracking.ui_link(sweep.tracking)
+    progress.note(f"MLflow: {command + ', then open ' if command else ''}{url}")
+
+
+def headline_metrics(result: SweepResult) -> dict[str, float]:
+    """The best config's headline metrics: the mean over its confirmation runs (seeds), or
+    the best search trial's when nothing was confirmed."""
+    confirmed = [t for t in result.trials if t.phase == "confirm" and t.status == "TERMINATED"
+                 and "__control__" not in t.params]
+    runs = confirmed or ([result.best] if result.best is not None else [])
+    out = {}
+    for key in HEADLINE:
+        values = [t.metrics[key] for t in runs if isinstance(t.metrics.get(key), (int, float))]
+        if values:
+            out[key] = sum(values) / len(values)
+    return out
+
+
 def _tuner(sweep: SweepConfig, trainable, *, phase: str, path: str, space: dict, searcher, num_samples: int,
            max_concurrent: int, resume: bool):
     cfg = sweep.run_config()
@@ -150,7 +327,8 @@ def _tuner(sweep: SweepConfig, trainable, *, phase: str, path: str, space: dict,
         tune_config=ray.tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=max_concurrent,
                                         time_budget_s=sweep.tune.time_budget_s if phase == "search" else None),
-        run_config=ray.tune.RunConfig(name=phase, storage_path=path, failure_config=ray.tune.FailureConfig(0)))
+        run_config=ray.tune.RunConfig(name=phase, storage_path=path, failure_config=ray.tune.FailureConfig(0),
+                                      callbacks=[ProgressCallback()]))
 
 
 def _collect(results, phase: str) -> list[Trial]:
@@ -165,10 +343,19 @@ def _collect(results, phase: str) -> list[Trial]:
 
 
 def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = None, resume: bool = False) -> SweepResult:
-    """Search, then confirm; blocks until both phases end."""
+    """Search, then confirm; blocks until both phases end. Ray's output goes to
+    ``ray_output.log`` in the sweep's folder (live with --verbose); the console shows the
+    sweep's progress and one line per finished trial."""
+    name = name or sweep.name
+    log = console.log_path_for(storage.join(storage_root(sweep.run_config()), name), name)
+    with console.ray_output(log, relayed=False) as output:
+        return _run_sweep(sweep, sweep_file=sweep_file, name=name, resume=resume,
+                          log_path=output.path if output is not None else None)
+
+
+def _run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: str, resume: bool, log_path: Optional[Path]) -> SweepResult:
     sweep = sweep.model_copy(update={"tracking": tracking.resolved(sweep.tracking)})  # one store for every process
     base_cfg = sweep.run_config()
-    name = name or sweep.name
     tracking.check_reachable(sweep.tracking)
     root = storage_root(base_cfg)
     storage.check_storage(root)             # writable from here, before anything is built
@@ -181,6 +368,7 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     world_dir = run_world(base_cfg)     # built once here, shared by every trial
     prepare_data(base_cfg, world_dir)       # a bad data source fails here, before any trial
     init_ray(base_cfg, headroom_cpus=1)   # room for the trial functions' CPU slivers
+    console.attach()
     # Periodic reports carry dev/ metrics; the objectives (eval/...) come with each trial's
     # final report. The sweep file's metrics were checked against what trials report before
     # this point (xalign.config.sweep), so Tune's per-result check is not needed.
@@ -193,10 +381,12 @@ def run_sweep(sweep: SweepConfig, *, sweep_file: Path, name: Optional[str] = Non
     max_concurrent = concurrency(base_cfg, sweep.tune.max_concurrent_trials)   # before anything is written
     storage.check_shared(root)        # every node can write it, and sees the same files
     parent = _open_parent(sweep, name, sweep_file, state_path)
+    if parent is not None:
+        publish_view(sweep, name)
     storage.write_text(state_path, json.dumps({"parent_run_id": parent, "name": name}) + "\n")
     try:
         return _run_phases(sweep, base_cfg, world_dir, name=name, path=path, parent=parent,
-                           max_concurrent=max_concurrent, resume=resume)
+                           max_concurrent=max_concurrent, resume=resume, log_path=log_path)
     except BaseException as exc:    # SIGTERM (ray job stop), Ctrl-C, an error: no run left RUNNING
         if parent is not None and not isinstance(exc, Exception):
             _mark_stopped(sweep, parent, exc)
@@ -221,8 +411,24 @@ def _mark_stopped(sweep: SweepConfig, parent: str, exc: BaseException) -> None:
 
 
 def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str, path: str, parent: Optional[str],
-                max_concurrent: int, resume: bool) -> SweepResult:
-    """The search phase, then the confirmation phase; the parent run closed at the end."""
+                max_concurrent: int, resume: bool, log_path: Optional[Path] = None) -> SweepResult:
+    """The search phase, then the confirmation phase (with their progress shown); the
+    parent run closed at the end."""
+    global _shown
+    confirming = len(sweep.confirm.seeds) * (1 + len(sweep.confirm.controls))
+    _shown = SweepProgress(name, dict(sweep.tune.metrics), sweep.tune.num_samples + confirming, log_path)
+    try:
+        return _phases(sweep, base_cfg, world_dir, name=name, path=path, parent=parent,
+                       max_concurrent=max_concurrent, resume=resume)
+    finally:
+        _shown.close()
+        _shown = None
+
+
+def _phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str, path: str, parent: Optional[str],
+            max_concurrent: int, resume: bool) -> SweepResult:
+    _shown.bar.set_description(f"sweep {name}: evaluating the starting model")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # "A new study created": Optuna's, not the user's news
     base_metrics = evaluate_base_model(base_cfg, world_dir, path, parent)
     # The starting model is the same for every trial: evaluated once above, not per trial.
     base = base_cfg.model_copy(update={"eval": base_cfg.eval.model_copy(update={"baseline": False})}).model_dump(
@@ -237,6 +443,7 @@ def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str
     trainable = make_trainable(base, storage=trials_path, parent_run_id=parent, sweep_name=name, phase="search")
     tuner = _tuner(sweep, trainable, phase="search", path=path, space=tune_space(sweep.search), searcher=searcher,
                    num_samples=sweep.tune.num_samples, max_concurrent=max_concurrent, resume=resume)
+    _shown.begin("search", sweep.tune.num_samples, _shown.bar.total)
     trials = _collect(tuner.fit(), "search")
     if parent is not None:
         _close_stopped(sweep, parent, trials)
@@ -253,6 +460,7 @@ def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str
         confirm = make_trainable(base, storage=trials_path, parent_run_id=parent, sweep_name=name, phase="confirm")
         tuner = _tuner(sweep, confirm, phase="confirm", path=path, space={"__variant__": ray.tune.grid_search(variants)},
                        searcher=None, num_samples=1, max_concurrent=max_concurrent, resume=resume)
+        _shown.begin("confirm", len(variants), len(_shown.finished) + len(variants))
         confirmed = _collect(tuner.fit(), "confirm")
         if parent is not None and resume:
             _close_orphans(sweep, parent, "confirm", confirmed)
@@ -332,7 +540,27 @@ def _close_parent(sweep: SweepConfig, parent: str, result: SweepResult) -> None:
         tracking.log_text(sweep.tracking, parent, yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False),
                           "best_config.yaml")
     use = compute_use(result.trials, sweep.run_config().optim.max_steps)
-    tracking.log_results(sweep.tracking, parent, {f"sweep/{k}": v for k, v in use.items()}, ())
+    tracking.log_results(sweep.tracking, parent, {**{f"sweep/{k}": v for k, v in use.items()},
+                                                  **headline_metrics(result)}, ())
     tracking.log_text(sweep.tracking, parent, json.dumps([t.__dict__ for t in result.trials], indent=2, default=str),
                       "trials.json")
+    attach_report(sweep, parent, result)
     tracking.end_run(sweep.tracking, parent, status="FINISHED")
+
+
+def attach_report(sweep: SweepConfig, parent: str, result: SweepResult) -> None:
+    """The sweep's summary table, its report (HTML page and plots) as artifacts of the
+    parent run (``summary.txt``, ``report/``). A plot that cannot be drawn leaves a note,
+    not a failed sweep: the runs and metrics are all logged already."""
+    from xalign.paths import reports_dir
+    from xalign.sweep.report import report, summary
+
+    out_dir = Path(result.path) / "report" if not storage.is_uri(result.path) else reports_dir(result.name)
+    try:
+        tracking.log_text(sweep.tracking, parent, summary(result, sweep), "summary.txt")
+        report(sweep.tracking, result.name, out_dir=out_dir)
+        files = sorted(p for p in out_dir.iterdir() if p.is_file() and p.suffix in (".html", ".png", ".yaml"))
+        tracking.log_results(sweep.tracking, parent, {}, files, artifact_dir="report")
+        result.report_html = str(out_dir / "report.html")
+    except Exception as exc:  # noqa: BLE001  (matplotlib, the store, a full disk: the sweep itself is done)
+        progress.note(f"sweep {result.name}: the report could not be written to {out_dir}: {type(exc).__name__}: {exc}")
