@@ -110,3 +110,15 @@ def test_a_gguf_path_in_a_config_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = from_overrides(RunConfig, ["model.name_or_path=models/g.gguf"])
     assert cfg.model.name_or_path == os.path.join(str(tmp_path), "models", "g.gguf")
+
+
+def test_ray_workers_get_the_drivers_xalign_home(monkeypatch, tmp_path):
+    """The converted folder (and the data cache) the driver filled is where workers look,
+    even on a cluster started with another environment."""
+    from xalign.train.cluster import _job_env
+
+    monkeypatch.setenv("XALIGN_HOME", str(tmp_path))
+    assert _job_env("127.0.0.1:6379")["env_vars"] == {"RAY_ADDRESS": "127.0.0.1:6379", "XALIGN_HOME": str(tmp_path)}
+    assert _job_env("local") == {"env_vars": {"XALIGN_HOME": str(tmp_path)}}
+    monkeypatch.delenv("XALIGN_HOME")
+    assert _job_env("local") is None

@@ -35,7 +35,7 @@ def init_ray(cfg: RunConfig, *, headroom_cpus: int = 0) -> None:
             with _env(RAY_GCS_SERVER_PORT=str(gcs_port) if gcs_port else None):
                 ray.init(address=address or "local", dashboard_host="127.0.0.1",
                          num_cpus=None if address else (os.cpu_count() or 1) + headroom_cpus,
-                         runtime_env=_cluster_address_env(address or f"127.0.0.1:{gcs_port}"))
+                         runtime_env=_job_env(address or f"127.0.0.1:{gcs_port}"))
         except ConnectionError as exc:
             raise TrainingError(f"RAY_ADDRESS={address}: cannot join the Ray cluster there: {exc}. Check that the "
                                 "cluster is up (`ray status`) or unset RAY_ADDRESS to run on this machine") from exc
@@ -88,6 +88,17 @@ def _env(**values: Optional[str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _job_env(address: str) -> Optional[dict]:
+    """The job's runtime environment: RAY_ADDRESS (``_cluster_address_env``) and, when the
+    driver has one, its $XALIGN_HOME, so workers read the caches the driver filled before Ray
+    started (the tokenised data, a converted GGUF checkpoint) even on a cluster started with
+    another environment (``ray start``)."""
+    env = _cluster_address_env(address) or {}
+    if os.environ.get("XALIGN_HOME"):
+        env.setdefault("env_vars", {})["XALIGN_HOME"] = os.environ["XALIGN_HOME"]
+    return env or None
 
 
 def _cluster_address_env(address: str) -> Optional[dict]:
