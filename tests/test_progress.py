@@ -68,3 +68,16 @@ def test_numbers_are_short():
     assert progress.fmt_value(5234.7) == "5235" and progress.fmt_value(52347.0) == "52.3k"
     assert progress.fmt_value(0.123456) == "0.1235" and progress.fmt_value(120000) == "120,000"
     assert progress.fmt_seconds(75) == "1m15s" and progress.fmt_seconds(7300) == "2h01m"
+
+
+def test_a_step_ended_by_an_error_says_stopped_not_done(monkeypatch):
+    monkeypatch.setenv("XALIGN_PROGRESS_INTERVAL", "3600")
+    out = io.StringIO()
+    try:
+        with progress.bar("world: corpus", total=7, unit="part", target=out) as p:
+            p.update(1)
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("world: corpus: 1/7 part (14%)") and "stopped after" in last and "done" not in last

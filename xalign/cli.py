@@ -82,11 +82,15 @@ def _stop_on_sigterm() -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from xalign import progress
     from xalign.config import load_run
-    from xalign.train.driver import train
 
     cfg = load_run(args.file, args.overrides)
     _stop_on_sigterm()
+    progress.note(f"Training {cfg.name}: {cfg.optim.max_steps} steps on {cfg.scaling.num_workers} Ray Train worker(s) "
+                  "(starting: loading torch and Ray)")
+    from xalign.train.driver import train
+
     result = train(cfg)
     losses = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()) if k.startswith("train/loss"))
     print(f"Finished {result.steps} steps: {losses}")
@@ -95,7 +99,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"  final model (HF format): {result.checkpoint_path}/model")
     print(f"  run directory: {result.run_path}")
     if result.mlflow_run_id:
-        print(f"  MLflow run: {result.mlflow_run_id}")
+        from xalign.tracking import ui_link
+
+        command, url = ui_link(cfg.tracking, run_id=result.mlflow_run_id)
+        print(f"  MLflow run {result.mlflow_run_id}: {command + ', then open ' if command else 'open '}{url}")
     return 0
 
 
@@ -120,6 +127,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.model:
         overrides.append(f"model.name_or_path={args.model}")
     cfg = load_run(args.file, overrides) if args.file else from_overrides(RunConfig, overrides)
+    from xalign import progress
+
+    progress.note(f"Evaluating {cfg.model.name_or_path} on {', '.join(cfg.eval.tasks)} "
+                  "(starting: loading torch and the model)")
     from xalign.evaluate import run_evaluation
 
     result = run_evaluation(cfg, out_dir=Path(args.out) if args.out else None)
@@ -136,6 +147,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.file, args.overrides)
     _stop_on_sigterm()
+    from xalign import progress
+
+    confirm = len(sweep.confirm.seeds) * (1 + len(sweep.confirm.controls))
+    progress.note(f"Sweep {args.name or sweep.name}: {sweep.tune.num_samples} trials, then {confirm} confirmation runs "
+                  "(starting: loading torch, Ray and the sweep's world)")
     from xalign.sweep.report import summary
     from xalign.sweep.runner import run_sweep
 

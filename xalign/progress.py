@@ -170,11 +170,14 @@ class Bar:
         """A line above the bar (or between plain lines)."""
         note(text, target=None if self.mode == "relay" else self.target)
 
-    def close(self) -> None:
+    def close(self, *, stopped: bool = False) -> None:
+        """The end: a bar's last state stays; plain lines get a last ``done in`` line
+        (``stopped``: ``stopped after``, for an error or Ctrl-C)."""
         with _lock:
             if self._closed:
                 return
             self._closed = True
+            self._stopped = stopped
             if self._tqdm is not None:
                 self._tqdm.close()
             else:
@@ -183,8 +186,8 @@ class Bar:
     def __enter__(self) -> "Bar":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(stopped=exc_type is not None)
 
     def line(self, *, final: bool = False) -> str:
         """The plain-line form of the current state."""
@@ -196,7 +199,7 @@ class Bar:
         if rate:
             parts.append(f"{fmt_value(float(rate)) if rate >= 1 else f'{rate:.2g}'} {self.unit}/s")
         if final:
-            parts.append(f"done in {fmt_seconds(elapsed)}")
+            parts.append(f"{'stopped after' if getattr(self, '_stopped', False) else 'done in'} {fmt_seconds(elapsed)}")
         elif rate and self.total:
             parts.append(f"{fmt_seconds((self.total - self.n) / rate)} left")
         else:

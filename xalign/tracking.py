@@ -458,9 +458,10 @@ def save_view(cfg: TrackingConfig, key: str, *, title: str, search_filter: str, 
                  lambda: client.set_experiment_tag(exp, VIEW_TAG_PREFIX + key, value))
 
 
-def ui_link(cfg: TrackingConfig, *, view: Optional[str] = None, port: int = UI_PORT) -> tuple[Optional[str], str]:
+def ui_link(cfg: TrackingConfig, *, view: Optional[str] = None, run_id: Optional[str] = None,
+            port: int = UI_PORT) -> tuple[Optional[str], str]:
     """(the command that serves MLflow's UI on this store, or None for a tracking server;
-    the URL of the experiment's training-runs view, opened on ``view`` when given)."""
+    the URL of the experiment's training-runs view, opened on ``view`` or on one run)."""
     uri = tracking_uri(cfg)
     client = _client(uri)
     exp = with_retries("opening the experiment", uri, cfg.retry_seconds, lambda: experiment_id(client, cfg.experiment))
@@ -469,4 +470,4 @@ def ui_link(cfg: TrackingConfig, *, view: Optional[str] = None, port: int = UI_P
         command, base = None, redact(uri).rstrip("/")
     else:
         command, base = f"mlflow ui --backend-store-uri {redact(uri)} --port {port}", f"http://127.0.0.1:{port}"
-    return command, f"{base}/#/experiments/{exp}/runs?{query}"
+    return command, f"{base}/#/experiments/{exp}/runs{'/' + run_id if run_id else ''}?{query}"

@@ -103,18 +103,27 @@ class RayOutput:
         self.show, self.relayed = show, relayed
         self.console = console
         self.surfaced: list[str] = []
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.path, "a", encoding="utf-8", buffering=1)
-        except OSError:   # the run's folder is not writable: its own check says so later, clearly
-            from xalign.paths import xalign_home
-
-            self.path = xalign_home() / "logs" / f"{self.path.parent.name}-{LOG_NAME}"
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.path, "a", encoding="utf-8", buffering=1)
-        self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} xalign (pid {os.getpid()}): Ray's output ---\n")
+        self._lock = threading.RLock()
+        self._log: Optional[TextIO] = None    # opened at the first line: a refused run writes nothing
+        self._closed = False
         self._attached = False
+
+    def _file(self) -> Optional[TextIO]:
+        """The log file, opened (and its path printed) when the first line comes."""
+        if self._log is None and not self._closed:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._log = open(self.path, "a", encoding="utf-8", buffering=1)
+            except OSError:   # the run's folder is not writable: its own check says so, clearly
+                from xalign.paths import xalign_home
+
+                self.path = xalign_home() / "logs" / f"{self.path.parent.name}-{LOG_NAME}"
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._log = open(self.path, "a", encoding="utf-8", buffering=1)
+            self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} xalign (pid {os.getpid()}): Ray's output ---\n")
+            progress.note(f"Ray's output: {self.path}" + ("" if self.show else "  (--verbose shows it here)"),
+                          target=self.console)
+        return self._log
 
     def line(self, text: str, *, source: Optional[str]) -> None:
         """One line of Ray's output (``source``: the worker or actor it came from)."""
@@ -126,10 +135,10 @@ class RayOutput:
                 return
         shown = f"({source}) {text}" if source else text
         with self._lock:
-            try:
-                self._log.write(shown + "\n")
-            except ValueError:   # closed: a late line after the command ended
+            log = self._file()
+            if log is None:      # closed: a late line after the command ended
                 return
+            log.write(shown + "\n")
         if self.show:
             progress.note(shown, target=self.console)
         elif IMPORTANT.search(text) and not BENIGN.search(text):
@@ -153,6 +162,7 @@ class RayOutput:
         if self._attached or ray_worker.global_worker.mode != ray_worker.SCRIPT_MODE:
             return
         dispatcher = ray_worker.global_worker_stdstream_dispatcher
+        self._ray_handlers = [pair for pair in dispatcher.handlers if pair[0] == "ray_print_logs"]
         dispatcher.remove_handler("ray_print_logs")
         dispatcher.add_handler("xalign_output", self._worker_output)
         self._attached = True
@@ -160,13 +170,18 @@ class RayOutput:
     def detach(self) -> None:
         from ray._private import worker as ray_worker
 
-        if self._attached:
-            ray_worker.global_worker_stdstream_dispatcher.remove_handler("xalign_output")
+        if self._attached:   # Ray's own printing back, for whatever this process does next
+            dispatcher = ray_worker.global_worker_stdstream_dispatcher
+            dispatcher.remove_handler("xalign_output")
+            for name, handler in self._ray_handlers:
+                dispatcher.add_handler(name, handler)
             self._attached = False
 
     def close(self) -> None:
         with self._lock:
-            self._log.close()
+            self._closed = True
+            if self._log is not None:
+                self._log.close()
 
 
 def _relayed_summary(line: str) -> Optional[str]:
@@ -211,7 +226,6 @@ def ray_output(log_path: Path, *, relayed: bool = True) -> Iterator[Optional[Ray
     handlers = [h for h in logging.getLogger("ray").handlers
                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
     streams = [h.stream for h in handlers]
-    progress.note(f"Ray's output: {out.path}" + ("" if out.show else "  (--verbose shows it here)"), target=console)
     _active = out
     progress.set_stream(console)
     sys.stdout, sys.stderr = _LineWriter(out, "stdout", saved[0]), _LineWriter(out, "stderr", saved[1])
