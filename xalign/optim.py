@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import torch
+from torch.distributed.tensor import DTensor
 
 LossFn = Callable[[torch.nn.Module, Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
@@ -52,7 +53,8 @@ class Dist:
         several forwards happen per step; a missing gradient counts as zero."""
         if self.world_size == 1:
             return
-        params = [p for p in params if p.requires_grad]
+        # FSDP's sharded (DTensor) parameters were reduce-scattered during the backward
+        params = [p for p in params if p.requires_grad and not isinstance(p, DTensor)]
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -89,6 +91,25 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, warmup_st
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip to ``max_norm`` (0 = no clipping) by the GLOBAL gradient norm; returns that norm.
+    FSDP's sharded parameters' norm is reduced over the shards (DTensor), the others' (the
+    learned temperature, already averaged) is added in."""
+    limit = max_norm if max_norm > 0 else float("inf")
+    sharded = [p.grad for p in params if p.grad is not None and isinstance(p, DTensor)]
+    if not sharded:
+        return float(torch.nn.utils.clip_grad_norm_(params, limit))
+    plain = [p.grad for p in params if p.grad is not None and not isinstance(p, DTensor)]
+    squares = float(torch.nn.utils.get_total_norm(sharded).full_tensor()) ** 2
+    if plain:
+        squares += float(torch.nn.utils.get_total_norm(plain)) ** 2
+    norm = math.sqrt(squares)
+    if math.isfinite(norm) and norm > limit:
+        for grad in sharded + plain:
+            grad.mul_(limit / (norm + 1e-6))
+    return norm
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, micro_batches: list[Mapping[str, torch.Tensor]],
                loss_fn: LossFn, *, step: int, max_grad_norm: float, dist: Dist,
@@ -118,7 +139,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     if not all(math.isfinite(v) for v in metrics.values()):
         raise NonFiniteLossError(step, metrics)
     dist.average_gradients(params)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+    grad_norm = clip_gradients(params, max_grad_norm)
     if not math.isfinite(float(grad_norm)):   # a finite loss can still have a NaN gradient
         raise NonFiniteLossError(step, {**metrics, "grad_norm": float(grad_norm)})
     optimizer.step()

@@ -112,6 +112,22 @@ class FreezeConfig(Section):
     params: Annotated[list[str], AfterValidator(_glob_patterns)] = Field(default_factory=list)
 
 
+class LoraConfig(Section):
+    """LoRA adapters through ``peft`` (``model.lora``): only the adapters (and
+    ``modules_to_save``) train; checkpoints hold the adapters, the final model is exported
+    merged and as an adapter."""
+
+    r: PositiveInt = 16
+    alpha: PositiveFloat = 32.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    #: Module-name suffixes that get adapters (e.g. q_proj, v_proj); each must exist in the model
+    #: (checked before any worker starts).
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      min_length=1)
+    #: Modules trained in full beside the adapters (e.g. ["embed_tokens"]).
+    modules_to_save: list[str] = Field(default_factory=list)
+
+
 class ModelConfig(Section):
     #: HF hub id, local path, a ``.gguf`` file (converted once to an HF folder in
     #: $XALIGN_HOME/cache/gguf, needs ``pip install 'xalign[gguf]'``), or "world" (the
@@ -133,6 +149,8 @@ class ModelConfig(Section):
     pad_token: Optional[str] = None
     #: What training does not update (embeddings, parameter-name patterns).
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    #: LoRA adapters (peft); None = full fine-tuning.
+    lora: Optional[LoraConfig] = None
 
 
 class SourceConfig(Section):
@@ -294,6 +312,12 @@ class ObjectiveConfig(Section):
     #: Add each pair's hard negative (a `hard_negative` column of data.pairs, in the target
     #: language) to the candidates of the pivot -> other direction.
     hard_negatives: bool = False
+    #: The contrastive gradient across W workers. ``global``: the gradient of the loss over the
+    #: global batch (each worker's anchors against all gathered candidates; the gather's backward
+    #: returns other workers' gradients). ``released``: what the paper's code gives (every worker
+    #: computes the whole global loss, only its own slot carries gradient, DDP averages): the same
+    #: direction, W times smaller. Use it to reproduce released runs exactly.
+    gradient_scaling: Literal["global", "released"] = "global"
     #: Run only the blocks up to the deepest pooled layer for the contrastive branch.
     early_exit: bool = True
     #: Both sides of the translation pairs (and hard negatives) in one forward, stacked
@@ -346,6 +370,15 @@ class ScalingConfig(Section):
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: NonNegFloat = 0.0
+    #: ``ddp``: every worker holds the whole model (one gradient all-reduce per step);
+    #: ``fsdp``: PyTorch FSDP2 shards weights, gradients and optimizer state over the workers
+    #: (per decoder block; bf16 parameters with fp32 gradient reduction when model.dtype is bf16).
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    #: fsdp only: keep parameters and optimizer state in CPU memory (ZeRO offload); GPU runs only.
+    cpu_offload: bool = False
+    #: fsdp only: free each block's gathered weights after its forward (less memory, one more
+    #: all-gather in the backward).
+    reshard_after_forward: bool = True
     #: True on a cluster whose autoscaler adds nodes on demand: a run that the nodes up now
     #: cannot hold waits for new ones instead of being refused.
     autoscale: bool = False
@@ -357,6 +390,12 @@ class ScalingConfig(Section):
         if not self.use_gpu and self.gpus_per_worker > 0:
             raise ValueError(
                 f"`gpus_per_worker` is {self.gpus_per_worker} but `use_gpu` is false; set use_gpu: true")
+        if self.cpu_offload and self.strategy != "fsdp":
+            raise ValueError("`cpu_offload` needs `strategy: fsdp` (offload is part of FSDP), got strategy "
+                             f"{self.strategy!r}")
+        if self.cpu_offload and not self.use_gpu:
+            raise ValueError("`cpu_offload` is true on a CPU run (use_gpu: false): the weights already live in CPU "
+                             "memory, and PyTorch's offload needs a GPU; set cpu_offload: false")
         return self
 
 

@@ -63,7 +63,8 @@ def alignment_loss(model: nn.Module, batch: dict, objective: ObjectiveConfig, *,
         src, tgt = per_side[0], per_side[1]
         neg = per_side[2] if len(sides) == 3 else [None] * len(layers)
         per_layer = [
-            info_nce(s, t, temperature=temperature, symmetric=cfg.symmetric, hard_negatives=n)
+            info_nce(s, t, temperature=temperature, symmetric=cfg.symmetric, hard_negatives=n,
+                     scaling=cfg.gradient_scaling)
             for s, t, n in zip(src, tgt, neg)
         ]
         contrastive = torch.stack(per_layer).mean()

@@ -1,18 +1,25 @@
 """InfoNCE over translation pairs, with negatives from every data-parallel rank.
 
-Gradient convention under data parallelism (what the distributed test checks):
-each rank's loss is the mean over its LOCAL anchors, scored against the candidates of the
-GLOBAL batch. The all-gather keeps this rank's own slot as the local tensor, and its
-backward sends every other rank's gradient for our slot back to us (a sum all-reduce), so
-no cross-rank term is lost. DDP then averages parameter gradients over ranks, which makes
-the update exactly the gradient of the mean of the rank losses; with equal local batch
-sizes that is the single-process loss on the concatenated batch. (Gathering without that
-backward, as the released code does, drops the terms of other ranks' anchors on our
-positives.) Unequal local sizes are supported: sizes are gathered first, tensors padded
-to the largest and trimmed after; each rank still averages over its own anchors.
-Every rank must call backward, as with DDP itself, and pass the same ``symmetric`` and
-the same presence of ``hard_negatives`` (they decide which collectives run; a rank may
-hold zero hard negatives).
+Gradient convention under data parallelism (``scaling``, what the distributed tests check):
+
+- ``"global"`` (default): each rank's loss is the mean over its LOCAL anchors, scored against
+  the candidates of the GLOBAL batch. The all-gather keeps this rank's own slot as the local
+  tensor, and its backward sends every other rank's gradient for our slot back to us (a sum
+  all-reduce), so no cross-rank term is lost. Averaging parameter gradients over ranks (DDP,
+  or FSDP's reduce-scatter) then gives exactly the gradient of the mean of the rank losses;
+  with equal local batch sizes that is the single-process loss on the concatenated batch.
+- ``"released"``: what the paper's released code computes. Every rank gathers the anchors and
+  the positives of all ranks (a plain all-gather: only its own slot carries gradient) and
+  computes the WHOLE global loss (the mean over all anchors); DDP averages. Every term is
+  there, but each rank only differentiates through its own slot, so the averaged gradient is
+  the global-loss gradient divided by the number of ranks W (the reported loss is the same).
+  At W = 1 the two agree.
+
+Unequal local sizes are supported: sizes are gathered first, tensors padded to the largest and
+trimmed after; under ``"global"`` each rank averages over its own anchors. Every rank must call
+backward, as with DDP itself, and pass the same ``symmetric``, ``scaling`` and the same
+presence of ``hard_negatives`` (they decide which collectives run; a rank may hold zero hard
+negatives).
 """
 
 from __future__ import annotations
@@ -92,17 +99,36 @@ class _AllGather(torch.autograd.Function):
         return grad[dist.get_rank()]
 
 
-def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
+class _PlainGather(torch.autograd.Function):
+    """all_gather whose backward returns to each rank only its own slot's local gradient
+    (no exchange): the released code's gather."""
+
+    @staticmethod
+    def forward(ctx, padded: torch.Tensor) -> torch.Tensor:
+        out = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, padded.contiguous())
+        return torch.stack(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad[dist.get_rank()].contiguous()
+
+
+SCALINGS = ("global", "released")
+
+
+def gather_with_grad(local: torch.Tensor, *, exchange: bool = True) -> tuple[torch.Tensor, int]:
     """(concatenation of ``local`` over all ranks, offset of this rank's rows in it).
 
     This rank's rows ARE ``local`` (the tensor that carries its own gradient); the other
-    rows come from the gather, whose backward routes their gradients to their owners.
+    rows come from the gather, whose backward routes their gradients to their owners
+    (``exchange=False``: drops them, as the released code's gather does).
     """
     rank, _ = _world()
     sizes = _gather_sizes(local)
     largest = max(sizes)
     padded = F.pad(local, (0, 0, 0, largest - local.shape[0]))
-    gathered = _AllGather.apply(padded)
+    gathered = (_AllGather if exchange else _PlainGather).apply(padded)
     parts = [local if r == rank else gathered[r, :n] for r, n in enumerate(sizes)]
     return torch.cat(parts), sum(sizes[:rank])
 
@@ -120,6 +146,7 @@ def info_nce(
     symmetric: bool = False,
     hard_negatives: torch.Tensor | None = None,
     gather: bool | None = None,
+    scaling: str = "global",
 ) -> torch.Tensor:
     """InfoNCE: cross-entropy of cosine(anchor_i, candidate_j) / temperature, target j = i.
 
@@ -129,8 +156,11 @@ def info_nce(
     pivot) -> positives; ``symmetric=True`` averages it with positives -> anchors, whose
     candidates are the global anchors (hard negatives belong to the first direction only).
     ``gather=None`` gathers when a process group with more than one rank is initialised.
-    Similarities are computed in float32. Returns the mean over this rank's anchors.
+    Similarities are computed in float32. Returns the mean over this rank's anchors
+    (``scaling="global"``) or over all ranks' anchors (``"released"``; see the module docstring).
     """
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
     if anchors.ndim != 2:
         raise ValueError(f"anchors must have shape (batch, hidden), got {tuple(anchors.shape)}")
     _check("positives", positives, anchors.shape[1])
@@ -145,16 +175,21 @@ def info_nce(
     # float32 even inside a bf16 autocast region: at temperature 0.05 a bf16 cosine
     # (8 bits of mantissa) moves the logits by up to ~0.08
     with torch.autocast(device_type=anchors.device.type, enabled=False):
-        return _info_nce_fp32(anchors, positives, temperature, symmetric, hard_negatives, gather)
+        return _info_nce_fp32(anchors, positives, temperature, symmetric, hard_negatives, gather, scaling)
 
 
-def _info_nce_fp32(anchors, positives, temperature, symmetric, hard_negatives, gather) -> torch.Tensor:
+def _info_nce_fp32(anchors, positives, temperature, symmetric, hard_negatives, gather, scaling) -> torch.Tensor:
     anchors = F.normalize(anchors.float(), dim=-1)
     positives = F.normalize(positives.float(), dim=-1)
     if hard_negatives is not None:
         hard_negatives = F.normalize(hard_negatives.float(), dim=-1)
 
-    if _use_gather(gather):
+    if _use_gather(gather) and scaling == "released":
+        all_positives, _ = gather_with_grad(positives, exchange=False)
+        all_anchors, _ = gather_with_grad(anchors, exchange=False)
+        all_hard = gather_with_grad(hard_negatives, exchange=False)[0] if hard_negatives is not None else None
+        anchors, positives, offset = all_anchors, all_positives, 0   # the whole global loss on every rank
+    elif _use_gather(gather):
         all_positives, offset = gather_with_grad(positives)
         all_anchors = gather_with_grad(anchors)[0] if symmetric else anchors
         all_hard = gather_with_grad(hard_negatives)[0] if hard_negatives is not None else None

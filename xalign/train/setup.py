@@ -19,29 +19,39 @@ from xalign.model.freeze import apply_freeze, freeze_summary
 from xalign.model.pooling import model_layers
 from xalign.objectives import LearnableTemperature, alignment_loss
 from xalign.optim import Dist, make_scheduler, train_step
+from xalign.model.lora import apply_lora
 from xalign.train.checkpoint import load_checkpoint, save_checkpoint
+from xalign.train.sharding import is_sharded, load_scaled, save_scaled, unsharded_model, wrap_fsdp
 
 
 def setup_run(cfg: RunConfig, world_dir: Optional[str], dist: Dist, device: torch.device) -> "Run":
     torch.manual_seed(cfg.seed + dist.rank)
-    model, tokenizer = setup_model(cfg, world_dir, device)
+    model, tokenizer, peft_model = setup_model(cfg, world_dir, device)
     layers = tuple(model_layers(model, cfg.objective.layer))   # a layer the model lacks fails before the data
     learned = LearnableTemperature(cfg.objective.temperature).to(device) if cfg.objective.learn_temperature \
         else torch.nn.Module()
     data = setup_data(cfg, tokenizer, world_dir, dist)
     optimizer, scheduler, params = setup_optimizer(cfg, model, learned)
-    return Run(cfg, model, tokenizer, data, optimizer, scheduler, params, dist, device, layers, learned)
+    return Run(cfg, model, tokenizer, data, optimizer, scheduler, params, dist, device, layers, learned, peft_model)
 
 
 def setup_model(cfg: RunConfig, world_dir: Optional[str], device: torch.device):
+    """(model to train, tokenizer, peft model or None): loaded, LoRA adapters injected
+    (``model.lora``), frozen parts frozen, blocks compiled, and sharded under
+    ``scaling.strategy: fsdp`` (xalign.train.sharding); under ddp every worker holds it whole."""
     tokenizer = load_tokenizer(cfg.model, Path(world_dir) if world_dir else None)
     model = load_model(cfg.model, Path(world_dir) if world_dir else None, for_training=True).to(device)
     model.train()
+    peft_model = None
+    if cfg.model.lora is not None:
+        peft_model, model = apply_lora(model, cfg.model.lora)   # trains the HF model with adapters inside
     apply_freeze(model, cfg.model.freeze)  # before the optimizer: frozen weights never reach it
     if cfg.model.compile:
         for block in decoder_blocks(model)[2]:
             block.compile()
-    return model, tokenizer
+    if cfg.scaling.strategy == "fsdp":
+        wrap_fsdp(model, cfg.scaling, cfg.model.dtype, device)
+    return model, tokenizer, peft_model
 
 
 def setup_data(cfg: RunConfig, tokenizer, world_dir: Optional[str], dist: Dist) -> AlignmentData:
@@ -79,6 +89,8 @@ class Run:
     #: The objective's learnable parameters (the temperature, with ``objective.learn_temperature``;
     #: else empty), trained and checkpointed with the model.
     learned: torch.nn.Module
+    #: The peft model around ``model`` under ``model.lora`` (saves the adapters), else None.
+    peft: Any = None
 
     @property
     def temperature(self) -> Optional[LearnableTemperature]:
@@ -104,10 +116,20 @@ class Run:
                           count_tokens=self.data.count_tokens, autocast=autocast)
 
     def save(self, directory: Path, *, step: int) -> None:
-        save_checkpoint(directory, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-                        scheduler=self.scheduler, objective=self.learned, step=step)
+        """Called on every rank; under ddp without LoRA only rank 0 writes."""
+        if is_sharded(self.model) or self.peft is not None:
+            save_scaled(directory, model=self.model, peft_model=self.peft, tokenizer=self.tokenizer,
+                        optimizer=self.optimizer, scheduler=self.scheduler, objective=self.learned, step=step,
+                        rank=self.dist.rank)
+            return
+        if self.dist.rank == 0:
+            save_checkpoint(directory, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+                            scheduler=self.scheduler, objective=self.learned, step=step)
 
     def restore(self, directory: Path) -> int:
+        if is_sharded(self.model) or self.peft is not None:
+            return load_scaled(directory, model=self.model, peft_model=self.peft, optimizer=self.optimizer,
+                               scheduler=self.scheduler, objective=self.learned)
         return load_checkpoint(directory, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                objective=self.learned)
 
@@ -188,6 +210,14 @@ def setup_evaluation(config: dict, run: Run) -> Optional[Callable[[Any], dict[st
     dist = run.dist
 
     def dev_metrics(model) -> dict[str, float]:
+        if is_sharded(model):
+            # A sharded forward is a collective, and ranks score different numbers of items:
+            # rank 0 evaluates an unsharded copy alone (the others only help gather it).
+            copy = unsharded_model(model, run.peft)
+            if copy is None:
+                return {}
+            result = evaluate(copy, run.tokenizer, cfg.eval, target, split="dev", prefix="dev", items=items)
+            return {k: v for k, v in result.metrics.items() if "/layer" not in k}
         part = score_shard(model, run.tokenizer, items, batch_size=cfg.eval.batch_size,
                            shard=(dist.rank, dist.world_size))
         parts = [part]

@@ -26,6 +26,7 @@ from xalign.data import mix_metrics
 from xalign.optim import Dist, NonFiniteLossError
 from xalign.tracking import BackgroundMetricLogger, TrackingError, read_unsent, set_tags
 from xalign.train.setup import Run, derived_quantities, setup_evaluation, setup_run, step_batches
+from xalign.train.sharding import is_sharded
 
 # Ray Train routes worker logging to the driver's console (a plain print would show twice).
 log = logging.getLogger("xalign.train")
@@ -200,12 +201,12 @@ def write_checkpoint(run: Run, report: dict, *, step: int, last_saved: int,
     name = f"step_{step:07d}"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            if run.dist.rank == 0:
-                run.save(Path(tmp), step=step)
-                if logger is not None:
-                    logger.save_unsent(Path(tmp))   # sent later (resume, or the driver at the end)
-            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp) if run.dist.rank == 0 else None,
-                             checkpoint_dir_name=name)
+            run.save(Path(tmp), step=step)   # every rank: fsdp writes one shard per rank
+            if run.dist.rank == 0 and logger is not None:
+                logger.save_unsent(Path(tmp))   # sent later (resume, or the driver at the end)
+            sharded = is_sharded(run.model)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp)
+                             if run.dist.rank == 0 or sharded else None, checkpoint_dir_name=name)
     except OSError as exc:
         previous = f"step {last_saved}" if last_saved else "none yet"
         raise CheckpointWriteError(
