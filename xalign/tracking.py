@@ -449,8 +449,7 @@ def save_view(cfg: TrackingConfig, key: str, *, title: str, search_filter: str, 
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
     state = {"searchFilter": search_filter, "orderByKey": order_by, "orderByAsc": ascending,
              "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-             "selectedColumns": columns, "columnOrder": [], "runsHiddenMode": "SHOW_ALL",
-             "columnWidths": {"tags.`mlflow.runName`": 360}}
+             "selectedColumns": columns, "columnOrder": [], "runsHiddenMode": "SHOW_ALL"}
     now = int(time.time() * 1000)
     value = json.dumps({"name": title, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
     exp = with_retries("opening the experiment", uri, cfg.retry_seconds, lambda: experiment_id(client, cfg.experiment))
