@@ -135,10 +135,14 @@ class RayOutput:
                 return
         shown = f"({source}) {text}" if source else text
         with self._lock:
-            log = self._file()
-            if log is None:      # closed: a late line after the command ended
-                return
-            log.write(shown + "\n")
+            try:
+                log = self._file()
+                if log is not None:      # None: closed, a late line after the command ended
+                    log.write(shown + "\n")
+            except OSError as exc:       # a full disk: Ray's output is not worth failing the run for
+                self._closed, self._log = True, None
+                progress.note(f"Ray's output could not be written to {self.path} ({exc}); it is dropped from here on",
+                              target=self.console)
         if self.show:
             progress.note(shown, target=self.console)
         elif IMPORTANT.search(text) and not BENIGN.search(text):
@@ -181,7 +185,10 @@ class RayOutput:
         with self._lock:
             self._closed = True
             if self._log is not None:
-                self._log.close()
+                try:
+                    self._log.close()
+                except OSError:
+                    pass
 
 
 def _relayed_summary(line: str) -> Optional[str]:
