@@ -23,6 +23,15 @@ What it measures (every number in its own subprocess, so peak memory is per meas
 Models are built from a config with random weights (nothing is downloaded): ``tiny`` (the
 synthetic world's base-model shape), ``deep-24``, ``xglm-564m`` (XGLM-564M's shape), ``7b``
 (Llama-2-7B's shape), or ``--model-config config.json``. ``--json FILE`` writes every number.
+
+``--model gemma3-270m`` measures instead (5.) the AFP step of the real Gemma 3 270M (262k
+vocabulary, embedding table tied to the LM head; benchmarks/real_model.py) at an exact
+shape (half of each LM row is response), each setting in its own process, fp32 and bf16
+autocast: the plain step (early exit off, LM head at every position, every weight trained)
+vs xalign's (early exit, LM head at the response tokens, ``model.freeze.embeddings``), and
+each change alone. Same loss at the first step (printed); tokens/s from the median step.
+
+    python benchmarks/alignment_step.py --model gemma3-270m            # CPU, batch 4 x 32, ~3 min
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")   # no "Loading weights" bars between the lines
+
+from real_model import GEMMA3  # noqa: E402  (benchmarks/real_model.py, next to this script)
 
 
 #: Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, by device name.
@@ -151,6 +162,8 @@ def measure(spec: dict) -> dict:
         return measure_world_loop(spec)
     if kind == "ray":
         return measure_ray(spec)
+    if kind == "vocab":
+        return measure_vocab(spec)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(device).train()
@@ -285,6 +298,151 @@ def measure_ray(spec: dict) -> dict:
 
 # --- orchestration -------------------------------------------------------------------------
 
+#: The large-vocabulary settings (5.): (early exit, LM head at the response tokens only,
+#: frozen embeddings, dtype). "plain" is the step without any of them.
+VOCAB_SETTINGS = {
+    "plain": (False, False, False, "fp32"),
+    "early exit": (True, False, False, "fp32"),
+    "LM head at response tokens": (False, True, False, "fp32"),
+    "frozen embeddings": (False, False, True, "fp32"),
+    "xalign (all three)": (True, True, True, "fp32"),
+    "plain, bf16 autocast": (False, False, False, "bf16"),
+    "xalign (all three), bf16 autocast": (True, True, True, "bf16"),
+}
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def _reset_peak_rss() -> None:
+    try:  # Linux: reset the peak-RSS mark (ru_maxrss follows it)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def measure_vocab(spec: dict) -> dict:
+    """Every setting of VOCAB_SETTINGS on one real model in this process (5.): contrastive
+    (layer 1) + 1.5 x LM loss, AdamW over the trainable weights, clipping. The settings'
+    steps run in turns (round r: one step of each, the order rotated), so load from other
+    work falls on all of them alike; tokens/s from each setting's fastest timed step (load
+    only ever slows a step down), the median is kept too. Two AdamW states (all weights; all
+    but the embedding table) stand for the settings' optimizers. The first loss of every
+    setting is taken on the same initial weights, before any step."""
+    import resource
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from xalign.config.schema import ObjectiveConfig
+    from xalign.model.forward import lm_logits
+    from xalign.objectives import alignment_loss, lm_loss
+
+    device = spec["device"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(device).train()
+    table = model.get_input_embeddings().weight
+    everything = list(model.parameters())
+    blocks_only = [p for p in everything if p is not table]
+    optimizers = {False: torch.optim.AdamW(everything, lr=1e-5, fused=device == "cuda"),
+                  True: torch.optim.AdamW(blocks_only, lr=1e-5, fused=device == "cuda")}
+    batch = {k: v.to(device) for k, v in exact_batch(spec["batch"], spec["length"], model.config.vocab_size,
+                                                     lm=True).items()}
+    tokens = spec["batch"] * spec["length"] * 3
+
+    def loss_of(setting: str):
+        early_exit, response_head, _, dtype = VOCAB_SETTINGS[setting]
+        cfg = ObjectiveConfig(contrastive_weight=1.0, lm_weight=1.5, layer=1, early_exit=early_exit)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            if response_head:
+                return alignment_loss(model, batch, cfg)[0]
+            # the LM head at every position: lm_loss over the full logits (xalign before the change)
+            only = ObjectiveConfig(contrastive_weight=1.0, lm_weight=0.0, layer=1, early_exit=early_exit)
+            return alignment_loss(model, batch, only)[0] + cfg.lm_weight * lm_loss(lm_logits(model, batch),
+                                                                                   batch["lm_labels"])
+
+    settings = spec["settings"]
+    with torch.no_grad():
+        first = {name: float(loss_of(name)) for name in settings}
+    base = _rss_mb()
+    times = {name: [] for name in settings}
+    peaks = {name: 0.0 for name in settings}
+    for r in range(spec["warmup"] + spec["steps"]):
+        for name in settings[r % len(settings):] + settings[: r % len(settings)]:
+            freeze = VOCAB_SETTINGS[name][2]
+            table.requires_grad_(not freeze)
+            optimizer = optimizers[freeze]
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            else:
+                _reset_peak_rss()
+            synchronize(device)
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_of(name)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], 1.0)
+            optimizer.step()
+            synchronize(device)
+            if r >= spec["warmup"]:
+                times[name].append(time.perf_counter() - start)
+            peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+            peaks[name] = max(peaks[name], peak)
+            model.zero_grad(set_to_none=True)
+    out = {}
+    for name in settings:
+        trainable = sum(p.numel() for p in (blocks_only if VOCAB_SETTINGS[name][2] else everything))
+        out[name] = {"setting": name, "tokens_per_s": tokens / min(times[name]),
+                     "tokens_per_s_median": tokens / statistics.median(times[name]),
+                     "ms_per_step": 1000 * min(times[name]), "times_s": times[name], "first_loss": first[name],
+                     "trainable": trainable, "params": sum(p.numel() for p in everything),
+                     "peak_memory_mb": peaks[name]}
+    return {"settings": out, "load_average": os.getloadavg()}
+
+
+def large_vocabulary(args) -> dict:
+    """5.: the real model's AFP step, every setting of VOCAB_SETTINGS in turns in one process."""
+    from real_model import gemma3_folder
+
+    folder = str(gemma3_folder(args.model_path))
+    print(f"machine: {machine(args.device)}")
+    print(f"model: {args.model} from {folder}; batch {args.batch} x {args.length} tokens per pair side and LM row "
+          f"(half of each LM row is response), {args.warmup} warm-up + {args.steps} timed steps, {args.device}")
+    print("\n5. the AFP step with a 262k vocabulary: plain vs early exit, LM head at response tokens, "
+          "frozen embeddings")
+    settings = list(VOCAB_SETTINGS) if not args.quick else ["plain", "xalign (all three)"]
+    spec = {"kind": "vocab", "device": args.device, "batch": args.batch, "length": args.length, "steps": args.steps,
+            "warmup": args.warmup, "model_dir": folder, "in_process": args.quick, "settings": settings}
+    measured = run_one(spec)
+    results = {"machine": machine(args.device), "model": args.model, "model_dir": folder,
+               "settings": measured["settings"], "load_average": measured["load_average"]}
+    plain = results["settings"]["plain"]
+    for name, r in results["settings"].items():
+        print(f"   {name:<36} {r['tokens_per_s']:8,.0f} tokens/s  {r['tokens_per_s'] / plain['tokens_per_s']:5.2f}x  "
+              f"{r['ms_per_step']:8.0f} ms/step  peak +{r['peak_memory_mb']:6.0f} MiB  "
+              f"trainable {r['trainable'] / 1e6:5.1f}M  first loss {r['first_loss']:.4f}")
+    print(f"   (fastest of {args.steps} timed steps per setting, steps of all settings in turns; load average "
+          f"{', '.join(f'{x:.1f}' for x in measured['load_average'])} at the end)")
+    plain, fast = results["settings"]["plain"], results["settings"]["xalign (all three)"]
+    ratio = fast["tokens_per_s"] / plain["tokens_per_s"]
+    results["ratio"] = ratio
+    print(f"   -> xalign's step (early exit, LM head at response tokens, frozen embeddings): {ratio:.2f}x the plain "
+          f"step's tokens/s (target >= 2x: {'met' if ratio >= 2 else 'NOT met'}); same first loss: "
+          f"{abs(fast['first_loss'] - plain['first_loss']) <= 1e-4 * abs(plain['first_loss'])}")
+    if "plain, bf16 autocast" in results["settings"]:
+        bf16 = results["settings"]["plain, bf16 autocast"]
+        results["bf16_ratio"] = bf16["tokens_per_s"] / plain["tokens_per_s"]
+        print(f"   -> bf16 autocast: {results['bf16_ratio']:.2f}x fp32 on the plain step, "
+              f"{results['settings']['xalign (all three), bf16 autocast']['tokens_per_s'] / fast['tokens_per_s']:.2f}x "
+              f"on xalign's")
+    return results
+
+
 def run_one(spec: dict) -> dict:
     """One measurement in a fresh process (its own peak memory), or in this one (--quick)."""
     if spec.get("in_process"):
@@ -311,7 +469,10 @@ def machine(device: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="tiny", help="tiny | deep-24 | xglm-564m | 7b | path/to/config.json")
+    p.add_argument("--model", default="tiny",
+                   help="tiny | deep-24 | xglm-564m | 7b | path/to/config.json (random weights), or the real "
+                        "gemma3-270m (5. only)")
+    p.add_argument("--model-path", help="with --model gemma3-270m: a converted HF folder or a .gguf file")
     p.add_argument("--deep-model", default="deep-24", help="the model of the early-exit measurements (24 blocks)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -329,6 +490,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(measure(json.loads(args.one))))
+        return 0
+    if args.model == GEMMA3:
+        if args.quick:
+            args.steps, args.warmup, args.batch, args.length = 1, 1, 2, 8
+        else:  # a 270M model with a 262k vocabulary on CPU: seconds per step
+            args.steps = args.steps if "--steps" in (argv or sys.argv) else 3
+            args.warmup = args.warmup if "--warmup" in (argv or sys.argv) else 1
+            args.batch = args.batch if "--batch" in (argv or sys.argv) else 4
+        results = large_vocabulary(args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0
     if args.quick:
         args.steps, args.warmup, args.skip_ray, args.batch, args.length = 30, 20, True, 4, 16

@@ -12,6 +12,16 @@ multiple-choice items with the same model object and tokenizer:
   run once and its KV cache reused.
 - ``lm-eval``: lm-evaluation-harness 0.4.13 ``HFLM.loglikelihood`` over the same
   (context, continuation) requests, wrapping the same model object, same batch size.
+- ``xalign-full-vocab``: ``score_items(..., full_vocab=True)``: as ``xalign`` but the LM
+  head runs at every position, as before xalign ran it at the read positions only (the
+  baseline of the large-vocabulary ratio).
+- ``xalign-bf16``: ``xalign`` with the model's weights in bf16 (against ``xalign`` in fp32).
+
+``--model gemma3-270m`` runs the real Gemma 3 270M (262k vocabulary; benchmarks/real_model.py:
+the model package's GGUF converted by xalign, or ``--model-path``) with its own tokenizer on
+real English COPA rows (``--xcopa``, default ../shared/data/real/xcopa), instead of a random
+model on synthetic rows; its default settings are xalign, xalign-full-vocab, xalign-bf16 and
+lm-eval.
 
 Items: synthetic XCOPA rows (pseudo-words, Zipf-distributed, sentence lengths like real
 XCOPA's) rendered by xalign's own XCOPA task (template "afp": "cause: <premise> because",
@@ -62,13 +72,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-SETTINGS = ("naive", "xalign-no-reuse", "xalign", "lm-eval")
+from real_model import GEMMA3  # noqa: E402  (benchmarks/real_model.py, next to this script)
+
+SETTINGS = ("naive", "xalign-no-reuse", "xalign", "lm-eval", "xalign-full-vocab", "xalign-bf16")
 LABELS = {
     "naive": "naive per-option, batch 1",
     "xalign-no-reuse": "xalign batched, no prefix reuse",
     "xalign": "xalign batched + prefix reuse",
     "lm-eval": "lm-eval HFLM.loglikelihood",
+    "xalign-full-vocab": "xalign, LM head at every position",
+    "xalign-bf16": "xalign, bf16 weights",
 }
+REAL_MODEL_SETTINGS = ["xalign", "xalign-full-vocab", "xalign-bf16", "lm-eval"]
+REAL_XCOPA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "xcopa"
 
 #: Model shapes (random weights). ``vocab_size`` None: the tokenizer's size.
 PRESETS = {
@@ -119,6 +135,21 @@ def _rows(rng: random.Random, words: list[str], n: int) -> list[dict]:
 
     return [{"idx": i, "premise": sentence(4, 8), "choice1": sentence(3, 7), "choice2": sentence(3, 7),
              "question": rng.choice(("cause", "effect")), "label": rng.randint(0, 1)} for i in range(n)]
+
+
+def prepare_real_workdir(work: Path, n_items: int, n_dev: int, model_dir: str, xcopa: Path) -> None:
+    """Real English COPA rows (test: ``n_items``, dev: from train) and the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    files = {"test": xcopa / "en" / "test.jsonl", "dev": xcopa / "en" / "train.jsonl"}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise SystemExit(f"--xcopa {xcopa}: missing {', '.join(missing)} (English COPA next to XCOPA)")
+    (work / "en").mkdir(parents=True, exist_ok=True)
+    for split, n in (("test", n_items), ("dev", n_dev)):
+        rows = files[split].read_text(encoding="utf-8").splitlines()[:n]
+        (work / "en" / f"{split}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(work / "tokenizer")
 
 
 def prepare_workdir(work: Path, n_items: int, n_dev: int) -> None:
@@ -205,11 +236,13 @@ def model_config(args, tokenizer):
     return config
 
 
-def build_model(args, tokenizer):
+def build_model(args, tokenizer, dtype_name: str | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name or args.dtype]
+    if args.model_path:  # a real model (--model gemma3-270m): its own weights
+        return AutoModelForCausalLM.from_pretrained(args.model_path, dtype=dtype).to(args.device).eval()
     config = model_config(args, tokenizer)
     torch.manual_seed(0)  # the same weights in every measurement
     with torch.device(args.device):
@@ -287,7 +320,7 @@ class Measurement:
         self.memory_per_pass = memory_per_pass  # in-process: the mark is reset before each pass
         self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
         self.items = load_items(work, shots)
-        self.model = model = build_model(args, tokenizer)
+        self.model = model = build_model(args, tokenizer, "bf16" if setting == "xalign-bf16" else None)
         if setting == "lm-eval":
             import logging
 
@@ -307,10 +340,12 @@ class Measurement:
             def run(batch):
                 return naive_scores(model, tokenizer, batch)
         else:
-            reuse = setting == "xalign"
+            reuse = setting != "xalign-no-reuse"
+            full_vocab = setting == "xalign-full-vocab"
 
             def run(batch):
-                scores = score_items(model, tokenizer, batch, batch_size=args.batch_size, reuse_prefix=reuse)
+                scores = score_items(model, tokenizer, batch, batch_size=args.batch_size, reuse_prefix=reuse,
+                                     full_vocab=full_vocab)
                 return [[s.logprob for s in item_scores] for item_scores in scores]
 
         self.run = run
@@ -522,7 +557,8 @@ def report(results: dict, info: dict, args, lm_eval_note: str | None) -> dict:
           f"{first['torch_threads']}); device {args.device}; torch {info['torch']}, transformers "
           f"{info['transformers']}, lm-eval {info['lm_eval'] or 'not installed'}")
     name = args.model_config or args.model
-    print(f"model: {name} ({first['model_type']}, random weights) {first['model_params'] / 1e6:.1f}M params, "
+    weights = f"weights from {args.model_path}" if args.model_path else "random weights"
+    print(f"model: {name} ({first['model_type']}, {weights}) {first['model_params'] / 1e6:.1f}M params, "
           f"{size:.0f} MiB {args.dtype}; batch size {args.batch_size}; {first['items']} items, "
           f"items/s of the fastest of {args.repeats} timed passes")
     for shots in args.shots:
@@ -564,11 +600,16 @@ def report(results: dict, info: dict, args, lm_eval_note: str | None) -> dict:
                         "xalign batched without prefix reuse") if shots else None,
             _ratio_line("xalign vs lm-evaluation-harness", get("xalign"), get("lm-eval"),
                         "lm-eval HFLM.loglikelihood", 1.0),
+            _ratio_line("LM head at the read positions", get("xalign"), get("xalign-full-vocab"),
+                        "the LM head at every position", 3.0 if shots == 0 else None),
+            _ratio_line("bf16 weights", get("xalign-bf16"), get("xalign"), "fp32 weights"),
         ]
         for key, (a, b) in {"xalign_over_naive": ("xalign", "naive"),
                             "no_reuse_over_naive": ("xalign-no-reuse", "naive"),
                             "xalign_over_no_reuse": ("xalign", "xalign-no-reuse"),
-                            "xalign_over_lm_eval": ("xalign", "lm-eval")}.items():
+                            "xalign_over_lm_eval": ("xalign", "lm-eval"),
+                            "xalign_over_full_vocab": ("xalign", "xalign-full-vocab"),
+                            "bf16_over_fp32": ("xalign-bf16", "xalign")}.items():
             if get(a) and get(b):
                 summary["ratios"][f"{key}@{shots}"] = get(a)["items_per_s"] / get(b)["items_per_s"]
     for line in lines:
@@ -580,7 +621,7 @@ def report(results: dict, info: dict, args, lm_eval_note: str | None) -> dict:
     summary["agreement"] = {}
     for shots in args.shots:
         ours = results.get(("xalign", shots))
-        for other in ("lm-eval", "naive", "xalign-no-reuse"):
+        for other in ("lm-eval", "naive", "xalign-no-reuse", "xalign-full-vocab", "xalign-bf16"):
             theirs = results.get((other, shots))
             if not ours or not theirs:
                 continue
@@ -589,7 +630,7 @@ def report(results: dict, info: dict, args, lm_eval_note: str | None) -> dict:
             summary["agreement"][f"{other}@{shots}"] = {
                 "accuracy_xalign": ours["accuracy"], f"accuracy_{other}": theirs["accuracy"],
                 "same_predictions": same, "items": len(ours["preds"]), "max_abs_logprob_diff": gap}
-            if other == "lm-eval" or gap > 1e-3:
+            if other in ("lm-eval", "xalign-full-vocab", "xalign-bf16") or gap > 1e-3:
                 print(f"accuracy at {shots} shots: xalign {100 * ours['accuracy']:.2f}%, {other} "
                       f"{100 * theirs['accuracy']:.2f}% (same prediction on {same}/{len(ours['preds'])} items, "
                       f"max |log-likelihood difference| {gap:.1e})")
@@ -607,8 +648,13 @@ def report(results: dict, info: dict, args, lm_eval_note: str | None) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=list(PRESETS), default="tiny",
-                   help="preset model shape, random weights (default: tiny; tiny-quick is --quick's)")
+    p.add_argument("--model", choices=[*PRESETS, GEMMA3], default="tiny",
+                   help="preset model shape, random weights (default: tiny; tiny-quick is --quick's), or the real "
+                        f"{GEMMA3} (benchmarks/real_model.py)")
+    p.add_argument("--model-path", help=f"with --model {GEMMA3}: a converted HF folder or a .gguf file "
+                   "(default: the model package's GGUF, converted once)")
+    p.add_argument("--xcopa", type=Path, default=REAL_XCOPA,
+                   help="real data for a real model: the XCOPA folder with en/test.jsonl and en/train.jsonl")
     p.add_argument("--model-config", help="a transformers config.json instead of --model (random weights)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="default: bf16 on cuda, fp32 on cpu")
@@ -620,7 +666,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="items of the warm-up pass (default 2 x batch size)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads; 0: torch's default (default: 1 on cpu, torch's on cuda)")
-    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", choices=SETTINGS, default=None,
+                   help="default: naive xalign-no-reuse xalign lm-eval (random models), "
+                        f"{' '.join(REAL_MODEL_SETTINGS)} ({GEMMA3})")
     p.add_argument("--in-process", action="store_true",
                    help="run every setting in this process (faster; peak memory less exact)")
     p.add_argument("--sequential", action="store_true",
@@ -641,6 +689,14 @@ def parse_args(argv=None):
         # one thread on CPU: on a shared or busy machine intra-op threads spin-wait on each
         # other and a pass can take 10x longer; pass --threads 0 for torch's default
         args.threads = 1 if args.device == "cpu" else 0
+    if args.settings is None:
+        args.settings = list(REAL_MODEL_SETTINGS if args.model == GEMMA3 else SETTINGS[:4])
+    if args.model == GEMMA3 and not args.worker:
+        from real_model import gemma3_folder
+
+        args.model_path = str(gemma3_folder(args.model_path))
+    elif args.model_path and args.model != GEMMA3:
+        p.error(f"--model-path goes with --model {GEMMA3}")
     if args.quick:
         args.in_process = True
         if args.model == "tiny" and not args.model_config:
@@ -659,6 +715,8 @@ def parse_args(argv=None):
                         "--warmup", str(args.warmup), "--threads", str(args.threads), "--items", str(args.items)]
     if args.model_config:
         args.passthrough += ["--model-config", os.path.abspath(args.model_config)]
+    if args.model_path:
+        args.passthrough += ["--model-path", args.model_path]
     return p, args
 
 
@@ -682,7 +740,10 @@ def main(argv=None) -> int:
     results: dict[tuple[str, int], dict] = {}
     with tempfile.TemporaryDirectory(prefix="icl-scoring-") as tmp:
         work = Path(tmp)
-        prepare_workdir(work, args.items, n_dev=max(20, 2 * max(args.shots)))
+        if args.model_path:
+            prepare_real_workdir(work, args.items, max(20, 2 * max(args.shots)), args.model_path, args.xcopa)
+        else:
+            prepare_workdir(work, args.items, n_dev=max(20, 2 * max(args.shots)))
         for shots in args.shots:
             for setting, result in measure_all(args, settings, shots, work).items():
                 results[(setting, shots)] = result
@@ -698,7 +759,7 @@ def main(argv=None) -> int:
         ok = all(math.isfinite(s["items_per_s"]) for s in summary["settings"])
         out["all_finite"] = ok
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return 0
 
 

@@ -61,3 +61,19 @@ def test_alignment_step_benchmark_runs_quick(tmp_path):
     assert 0 <= result["data"]["padding_grouped"] <= result["data"]["padding"] < 1
     assert math.isfinite(result["exact_step"]["tokens_per_s"]) and result["exact_step"]["params"] > 0
     assert "early exit" in proc.stdout and "plain loop" in proc.stdout
+
+
+def test_icl_scoring_large_vocabulary_settings_run_quick(tmp_path):
+    """The settings the real-model run compares (LM head at every position, bf16 weights)
+    run and agree with xalign's scores: the same within 1e-4 for the full-vocabulary head."""
+    out = tmp_path / "icl.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "icl_scoring.py"), "--quick", "--shots", "0",
+                           "--settings", "xalign", "xalign-full-vocab", "xalign-bf16", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert {s["setting"] for s in result["settings"]} == {"xalign", "xalign-full-vocab", "xalign-bf16"}
+    assert {"xalign_over_full_vocab@0", "bf16_over_fp32@0"} <= set(result["ratios"])
+    assert result["agreement"]["xalign-full-vocab@0"]["max_abs_logprob_diff"] <= 1e-4
+    assert "LM head at the read positions at 0 shots:" in proc.stdout
