@@ -79,7 +79,9 @@ def test_report_reads_the_sweep_back_from_mlflow(small_sweep):
     assert "Best config (ready to run with `xalign train`)" in res.stdout and "objective:" in res.stdout
     assert "Compute: asha ran 15 of 20 trial steps (25% saved" in res.stdout and "STOPPED" in res.stdout
     plots = sorted(p.name for p in (tmp / "report").glob("*.png"))
-    assert "gap_vs_objective_temperature.png" in plots and "best_accuracy.png" in plots
+    assert "gap_vs_objective_temperature.png" in plots and "best_accuracy.png" in plots and "pareto.png" in plots
+    page = tmp / "report" / "report.html"
+    assert f"HTML report: {page}" in res.stdout and page.read_text().count("data:image/png;base64,") >= 5
     missing = subprocess.run([sys.executable, "-m", "xalign.cli", "report", "smal",
                               f"tracking_uri=sqlite:///{tmp / 'mlflow.db'}", "experiment=sweeps"],
                              capture_output=True, text=True, cwd=tmp)
