@@ -54,7 +54,7 @@ def test_sweeps_folder_is_not_empty():
 
 
 def test_defaults_are_the_released_recipe(tmp_path):
-    cfg = load_run(write(tmp_path, "empty.yaml", ""))
+    cfg = load_run(write(tmp_path, "defaults.yaml", "name: afp\n"))   # an empty file is refused
     assert (cfg.objective.temperature, cfg.objective.contrastive_weight, cfg.objective.lm_weight) == (0.05, 1.0, 1.5)
     assert (cfg.objective.layer, cfg.objective.pooler, cfg.objective.symmetric) == (1, "last", False)
     assert (cfg.optim.lr, cfg.optim.max_steps, cfg.optim.batch_size, cfg.optim.weight_decay) == (1e-5, 5000, 2, 0.0)

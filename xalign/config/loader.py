@@ -100,10 +100,8 @@ def read_yaml(path: Path) -> tuple[dict, dict[str, int], list[Problem]]:
         mark = getattr(exc, "problem_mark", None)
         loc = f"{where}:{mark.line + 1}" if mark else where
         return {}, {}, [Problem("", f"invalid YAML: {getattr(exc, 'problem', exc)}", loc)]
-    if data is None or data == {}:
-        return {}, {}, [Problem("", "empty: a run needs at least one key, e.g. `extends: afp-synthetic.yaml` or a "
-                                "`model:` and a `data:` section (a sweep file: `extends` and `space`); to run every "
-                                "default on purpose, write them out: `name: afp`", where)]
+    if data is None:
+        return {}, {}, []
     if not isinstance(data, dict):
         return {}, {}, [Problem("", f"the top level must be a mapping of keys, got {type(data).__name__}", where)]
     lines: dict[str, int] = {}
@@ -365,6 +363,10 @@ def load(model: type[T], path: Path | str, overrides: Sequence[str] = ()) -> T:
     """Read ``path`` (following ``extends``), apply overrides, validate into ``model``."""
     loaded = load_raw(path, model)
     problems = list(loaded.problems)
+    if not loaded.data and not overrides and not problems:
+        problems.append(Problem("", "empty: a run needs at least one key, e.g. `extends: afp-synthetic.yaml` or a "
+                                "`model:` and a `data:` section; to run every default on purpose, say so: `name: afp`",
+                                str(path)))
     problems += apply_overrides(loaded.data, overrides, loaded.where)
     return validate(model, loaded.data, where=loaded.where, source=str(path), problems=problems)
 

@@ -45,9 +45,9 @@ def prepare_data(cfg: RunConfig, world_dir: Optional[Path]) -> None:
     a Ray worker. The result goes to the data cache (``data.cache``), where workers on this
     machine (or sharing $XALIGN_HOME) find it instead of tokenising again."""
     check_model(cfg.model, world_dir)
-    check_freeze(cfg.model, resolve_model_path(cfg.model, world_dir))
     tokenizer = load_tokenizer(cfg.model, world_dir)
-    check_run_model(cfg, world_dir, tokenizer)     # layer, pooler, padding side, vocabulary, dtype
+    check_run_model(cfg, world_dir, tokenizer)     # layer, pooler, padding side, vocabulary, dtype: first
+    check_freeze(cfg.model, resolve_model_path(cfg.model, world_dir))
     build_alignment_data(cfg, tokenizer, world_dir)
 
 
