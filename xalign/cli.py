@@ -106,6 +106,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from xalign.config import load_run
+
+    cfg = load_run(args.file, args.overrides)   # validated before torch is imported
+    from xalign.synthetic import run_world
+    from xalign.train.plan import run_plan
+
+    world_dir = run_world(cfg) if cfg.model.name_or_path == "world" else None
+    plan, shape, refusal = run_plan(cfg, world_dir)
+    print(f"{cfg.model.name_or_path}: {shape.params:,} parameters, {shape.layers} blocks, hidden {shape.hidden}, "
+          f"vocabulary {shape.vocab:,}" + (f", {shape.lora_params:,} LoRA parameters" if cfg.model.lora else ""))
+    print("\n".join(plan.lines()))
+    if refusal:
+        print(f"REFUSED: {refusal}")
+        return 1
+    print("OK: the plan fits.")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from xalign.config import from_overrides, load_run
     from xalign.config.schema import RunConfig
@@ -199,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("plan", help="print a run's memory plan per worker (weights, gradients, optimizer, "
+                       "activations) and whether it fits; starts nothing")
+    p.add_argument("file")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("sweep", help="Ray Tune + Optuna over a sweep file; trials are Ray Train runs")
     p.add_argument("file")

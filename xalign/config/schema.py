@@ -376,6 +376,9 @@ class ScalingConfig(Section):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     #: fsdp only: keep parameters and optimizer state in CPU memory (ZeRO offload); GPU runs only.
     cpu_offload: bool = False
+    #: GPU memory per worker for the memory plan's check (``xalign plan``); None = read from
+    #: this machine's first GPU when it has one.
+    gpu_memory_gb: Optional[PositiveFloat] = None
     #: fsdp only: free each block's gathered weights after its forward (less memory, one more
     #: all-gather in the backward).
     reshard_after_forward: bool = True

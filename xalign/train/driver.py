@@ -24,6 +24,7 @@ from xalign.storage import check_shared, check_storage, join
 from xalign.synthetic import run_world
 from xalign.train import console
 from xalign.train.cluster import TrainingError, check_ray_before_work, init_ray
+from xalign.train.plan import check_memory
 from xalign.train.final_eval import evaluation_plan, final_evaluation, local_eval_dir
 from xalign.train.worker import NONFINITE_FILE, USER_ERROR_FILE, train_loop_per_worker
 
@@ -48,6 +49,7 @@ def prepare_data(cfg: RunConfig, world_dir: Optional[Path]) -> None:
     tokenizer = load_tokenizer(cfg.model, world_dir)
     check_run_model(cfg, world_dir, tokenizer)     # layer, pooler, padding side, vocabulary, dtype: first
     check_freeze(cfg.model, resolve_model_path(cfg.model, world_dir))
+    check_memory(cfg, world_dir)   # the memory plan (printed), LoRA's module names
     build_alignment_data(cfg, tokenizer, world_dir)
 
 
