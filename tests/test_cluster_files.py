@@ -304,7 +304,8 @@ def test_working_dir_upload_is_small_and_has_the_package(tmp_path):
     files = _package(REPO, tmp_path / "pkg.zip")
     zipped = (tmp_path / "pkg.zip").stat().st_size
     assert zipped < 5 * 2**20, f"the job upload is {zipped / 2**20:.1f} MiB"
-    for needed in ("pyproject.toml", "xalign/cli.py", "configs/sweeps/demo.yaml", "cluster/runtime_env.yaml"):
+    for needed in ("pyproject.toml", "xalign/cli.py", "configs/sweeps/demo.yaml", "configs/runs/afp-synthetic.yaml",
+                   "cluster/runtime_env.yaml"):
         assert needed in files, f"{needed} missing from the upload"
     tops = {name.split("/")[0] for name in files}
     assert not tops & {".git", ".venv", "venv", "worlds", "mlruns", "mlartifacts", "ray_results", "mlflow.db"}
@@ -316,11 +317,13 @@ def test_working_dir_upload_is_small_and_has_the_package(tmp_path):
 
 def test_rayignore_leaves_out_run_outputs_caches_and_environments(tmp_path):
     root = tmp_path / "repo"
-    for kept in ("pyproject.toml", "xalign/cli.py", "configs/sweeps/demo.yaml", "notebooks/compare_runs.ipynb"):
+    kept_files = ("pyproject.toml", "xalign/cli.py", "configs/sweeps/demo.yaml", "configs/runs/afp-synthetic.yaml",
+                  "notebooks/compare_runs.ipynb")
+    for kept in kept_files:
         (root / kept).parent.mkdir(parents=True, exist_ok=True)
         (root / kept).write_text("x")
     left_out = [".venv/lib/big.so", "worlds/w/model.safetensors", "mlruns/0/meta.yaml", "mlflow.db",
-                "ray_results/demo/state.json", "mlartifacts/1/a.bin", "xalign/__pycache__/cli.cpython-311.pyc",
+                "ray_results/demo/state.json", "runs/demo/step_0000003/model.bin", "mlartifacts/1/a.bin", "xalign/__pycache__/cli.cpython-311.pyc",
                 "notebooks/.ipynb_checkpoints/compare_runs-checkpoint.ipynb", ".pytest_cache/v/x",
                 "eval_results/run/records.jsonl", ".git/objects/pack/p.pack", "xalign.egg-info/PKG-INFO"]
     for name in left_out:
@@ -333,7 +336,7 @@ def test_rayignore_leaves_out_run_outputs_caches_and_environments(tmp_path):
     create_package(str(root), tmp_path / "p.zip", include_gitignore=False, excludes=[])
     with zipfile.ZipFile(tmp_path / "p.zip") as z:
         names = set(z.namelist())
-    assert {"pyproject.toml", "xalign/cli.py", "configs/sweeps/demo.yaml", "notebooks/compare_runs.ipynb"} <= names
+    assert set(kept_files) <= names
     leaked = [n for n in left_out if n in names]
     assert not leaked, f".rayignore lets these through: {leaked}"
 
