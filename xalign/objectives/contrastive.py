@@ -99,15 +99,9 @@ class _AllGather(torch.autograd.Function):
         return grad[dist.get_rank()]
 
 
-class _PlainGather(torch.autograd.Function):
-    """all_gather whose backward returns to each rank only its own slot's local gradient
-    (no exchange): the released code's gather."""
-
-    @staticmethod
-    def forward(ctx, padded: torch.Tensor) -> torch.Tensor:
-        out = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
-        dist.all_gather(out, padded.contiguous())
-        return torch.stack(out)
+class _PlainGather(_AllGather):
+    """The same all_gather, whose backward returns to each rank only its own slot's local
+    gradient (no exchange): the released code's gather."""
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
