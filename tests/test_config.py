@@ -239,3 +239,20 @@ def test_compute_use_counts_the_steps_asha_saved():
                    "trials_stopped": 2.0}
     assert "ran 160 of 300 trial steps (47% saved" in compute_line(use, "asha")
     assert compute_line(compute_use([], 100), "fifo") == ""
+
+
+def test_asha_on_held_out_pair_proxies_for_a_real_data_run(tmp_path):
+    """align/mexa is reported periodically by a non-world run only when data.pairs holds pairs out."""
+    from xalign.config.sweep import load_sweep, periodic_metrics
+
+    (tmp_path / "pairs.jsonl").write_text('{"src": "a", "tgt": "b", "src_lang": "en", "tgt_lang": "de"}\n')
+    run = write(tmp_path, "run.yaml", "model: {name_or_path: gpt2}\n"
+                "data: {pivot: en, languages: [de], pairs: {path: pairs.jsonl, heldout: 10}}\n"
+                "eval: {tasks: [xcopa], every_n_steps: 50, dev_tasks: false}\n")
+    assert {"align/mexa", "align/retrieval/top1"} <= periodic_metrics(load_run(run))
+    assert "align/mexa" not in periodic_metrics(load_run(run, ["data.pairs.heldout=0"]))
+    sweep = write(tmp_path, "s.yaml", "extends: run.yaml\ntune: {scheduler: asha, asha_metric: align/mexa}\n")
+    assert load_sweep(sweep).tune.asha() == ("align/mexa", "max")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(sweep, ["data.pairs.heldout=0"])
+    assert "tune.asha_metric" in str(info.value) and "data.pairs.heldout" in str(info.value)

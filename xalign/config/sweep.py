@@ -262,7 +262,8 @@ def periodic_metrics(run: RunConfig) -> set[str]:
         if run.eval.dev_tasks:
             names |= {f"dev/{m}" for m in ("acc", "acc_pivot", "acc_non_pivot", "gap")}
             names |= {f"dev/{task}/gap" for task in run.eval.tasks}
-        if evaluates_world(run):     # the world's held-out parallel sentences
+        # held-out parallel sentences: the world's, or data.pairs.heldout (xalign.data.build.heldout_pairs)
+        if evaluates_world(run) or (run.data.pairs is not None and run.data.pairs.heldout):
             names |= {"align/retrieval/top1", "align/mexa"}
     return names
 
@@ -289,7 +290,8 @@ def asha_problems(sweep: SweepConfig, base: RunConfig, where: dict[str, str]) ->
     elif metric.startswith("dev/") and not base.eval.dev_tasks:
         why = "eval.dev_tasks is false, so periodic evaluations score no task"
     elif metric.startswith("align/"):
-        why = "representation metrics need the synthetic world's held-out parallel sentences (eval.source: world)"
+        why = ("representation metrics need held-out parallel sentences: the synthetic world's (eval.source: world) "
+               "or data.pairs.heldout (e.g. 500 pairs per language)")
     else:
         why = f"trials report {', '.join(sorted(periodic))} periodically"
     loc = "tune.asha_metric" if tune.asha_metric else "tune.metrics"
