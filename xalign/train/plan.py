@@ -68,6 +68,8 @@ class Plan:
     activations: float
     cpu: float                      # offloaded bytes (in the worker's node memory, beside the process)
     notes: list[str] = field(default_factory=list)
+    #: settings that work but gain nothing (each names its config key); printed, never refused
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def device_total(self) -> float:
@@ -85,7 +87,7 @@ class Plan:
                 f"  activations  {self.activations / GiB:8.2f} GiB (estimate)",
                 f"  total        {self.device_total / GiB:8.2f} GiB"
                 + (f" (+ {self.cpu / GiB:.2f} GiB offloaded to CPU memory)" if self.cpu else "")]
-        return rows + [f"  note: {n}" for n in self.notes]
+        return rows + [f"  warning: {w}" for w in self.warnings] + [f"  note: {n}" for n in self.notes]
 
 
 def memory_plan(shape: ModelShape, knobs: Knobs) -> Plan:
@@ -117,10 +119,17 @@ def memory_plan(shape: ModelShape, knobs: Knobs) -> Plan:
     else:
         activations = (lm_rows * shape.layers + ctr_rows * k.contrastive_layers) * per_block_row
     activations += lm_rows * k.seq * shape.vocab * 4 * 2
-    notes = []
+    return Plan(k, weights, max(gradients, 0.0), optimizer, activations, cpu, warnings=knob_warnings(k))
+
+
+def knob_warnings(k: Knobs) -> list[str]:
+    """Settings that run but gain nothing, each naming its key (a warning, not an error)."""
+    out = []
     if k.strategy == "fsdp" and k.workers == 1 and not k.cpu_offload:
-        notes.append("fsdp with one worker and no offload shards nothing: ddp holds the same")
-    return Plan(k, weights, max(gradients, 0.0), optimizer, activations, cpu, notes)
+        out.append("scaling.strategy is fsdp with scaling.num_workers 1 and no scaling.cpu_offload: one worker "
+                   "shards nothing, so it holds as much memory as ddp (plus the gathered copies) and only adds "
+                   "FSDP's overhead; use scaling.strategy=ddp, more workers, or scaling.cpu_offload=true on a GPU")
+    return out
 
 
 def knobs_from_config(cfg, shape: ModelShape, *, workers: Optional[int] = None) -> Knobs:
