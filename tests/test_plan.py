@@ -63,3 +63,40 @@ def test_fsdp_on_one_worker_without_offload_warns_naming_the_key():
                  Knobs(strategy="fsdp", workers=1, cpu_offload=True)):
         assert memory_plan(shape, fine).warnings == []
 
+
+def test_xalign_plan_prints_the_numbers_and_refuses_what_does_not_fit(tiny_model, tmp_path):
+    path = run_file(tmp_path, tiny_model)
+    ddp = plan_cli(path)
+    assert ddp.returncode == 0, ddp.stderr
+    assert f"{PARAMS:,} parameters, {LAYERS} blocks, hidden {H}, vocabulary {VOCAB:,}" in ddp.stdout
+    rows = lines_of(ddp.stdout)
+    # ddp, fp32, one worker: the whole model, its gradients and AdamW's two moments
+    assert rows["weights"].endswith(gib(4 * PARAMS)), rows["weights"]
+    assert rows["gradients"].endswith(gib(4 * PARAMS))
+    assert rows["optimizer"].endswith(gib(8 * PARAMS))
+    act = float(rows["activations"].split()[1])
+    assert act > 0
+    total = float(rows["total"].split()[1])
+    assert abs(total - (16 * PARAMS / GiB + act)) <= 0.011
+    assert "OK: the plan fits." in ddp.stdout and "warning:" not in ddp.stdout
+
+    fsdp = plan_cli(path, "scaling.strategy=fsdp", "scaling.num_workers=2")
+    assert fsdp.returncode == 0, fsdp.stderr
+    f = lines_of(fsdp.stdout)
+    assert "fsdp x 2 worker(s)" in fsdp.stdout
+    # 1/2 of the fp32 master copy plus two gathered blocks and the embedding group in flight
+    assert f["weights"].endswith(gib(4 * PARAMS / 2 + 4 * (2 * BLOCK + VOCAB * H)))
+    assert float(f["weights"].split()[1]) < float(rows["weights"].split()[1])
+    assert float(f["optimizer"].split()[1]) < float(rows["optimizer"].split()[1])
+
+    one = plan_cli(path, "scaling.strategy=fsdp")
+    assert one.returncode == 0 and "warning: scaling.strategy is fsdp with scaling.num_workers 1" in one.stdout
+
+    limit = 16 * PARAMS / GiB * 0.75     # below what ddp needs on one worker
+    refused = plan_cli(path, "scaling.use_gpu=true", "scaling.gpus_per_worker=1", f"scaling.gpu_memory_gb={limit:.3f}")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    out = refused.stdout
+    assert "REFUSED: the memory plan needs" in out and f"{limit:.1f} GiB" in out
+    assert "changes that would fit:" in out
+    assert "scaling.strategy=fsdp scaling.cpu_offload=true" in out and "model.lora" in out
+    assert "fsdp on 2 workers" in out or "fsdp on 4 workers" in out
