@@ -125,3 +125,23 @@ def test_ray_workers_get_the_drivers_xalign_home(monkeypatch, tmp_path):
     assert _job_env("local") == {"env_vars": {"XALIGN_HOME": str(tmp_path)}}
     monkeypatch.delenv("XALIGN_HOME")
     assert _job_env("local") is None
+
+
+def test_a_submitted_jobs_own_variables_are_not_set_again(monkeypatch, tmp_path):
+    """Under `ray job submit`, Ray refuses a driver runtime_env that sets a variable the job's
+    runtime_env already sets ("Failed to merge the Job's runtime env"): those reach the
+    workers anyway, so the driver leaves them out."""
+    import json
+
+    from xalign.train.cluster import _job_env
+
+    monkeypatch.setenv("XALIGN_HOME", str(tmp_path))
+    job = {"runtime_env": {"working_dir": "gcs://pkg.zip", "env_vars": {"XALIGN_HOME": "/shared/home"}}, "metadata": {}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert _job_env("127.0.0.1:6379") == {"env_vars": {"RAY_ADDRESS": "127.0.0.1:6379"}}
+    job["runtime_env"]["env_vars"]["RAY_ADDRESS"] = "127.0.0.1:6379"
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert _job_env("127.0.0.1:6379") is None
+    job["runtime_env"].pop("env_vars")   # a job that sets neither: the driver sets both
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert _job_env("127.0.0.1:6379")["env_vars"] == {"RAY_ADDRESS": "127.0.0.1:6379", "XALIGN_HOME": str(tmp_path)}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from xalign import progress
 
 BAR_CHARS = set("█▏▎▍▌▋▊▉|\r")
@@ -81,3 +83,27 @@ def test_a_step_ended_by_an_error_says_stopped_not_done(monkeypatch):
         pass
     last = out.getvalue().splitlines()[-1]
     assert last.startswith("world: corpus: 1/7 part (14%)") and "stopped after" in last and "done" not in last
+
+
+def test_a_refused_run_leaves_no_folder_behind_and_keeps_rays_output_aside(tmp_path, monkeypatch, capsys):
+    """Ray writes its first lines (and so opens the log in the run's folder) before checks
+    that need the cluster (shared storage) refuse the run: the refusal removes the folders
+    the log created and keeps the log under $XALIGN_HOME/logs."""
+    from xalign.errors import XalignError
+    from xalign.train import console
+
+    monkeypatch.setenv("XALIGN_HOME", str(tmp_path / "home"))
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    with pytest.raises(XalignError):
+        with console.ray_output(storage / "run-1" / console.LOG_NAME) as out:
+            out.line("Connecting to existing Ray cluster at address: 127.0.0.1:6379", source=None)
+            assert (storage / "run-1" / console.LOG_NAME).is_file()
+            raise XalignError("checkpoint.storage_path: not shared")
+    assert list(storage.iterdir()) == []
+    aside = tmp_path / "home" / "logs" / f"run-1-{console.LOG_NAME}"
+    assert "Connecting to existing Ray cluster" in aside.read_text()
+    # A run that is not refused keeps its log where it was.
+    with console.ray_output(storage / "run-2" / console.LOG_NAME) as out:
+        out.line("Started a local Ray instance.", source=None)
+    assert "Started a local Ray instance." in (storage / "run-2" / console.LOG_NAME).read_text()

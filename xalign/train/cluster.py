@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import json
 import os
 import socket
 from typing import Optional
@@ -96,9 +97,25 @@ def _job_env(address: str) -> Optional[dict]:
     started (the tokenised data, a converted GGUF checkpoint) even on a cluster started with
     another environment (``ray start``)."""
     env = _cluster_address_env(address) or {}
-    if os.environ.get("XALIGN_HOME"):
+    # A submitted job's own runtime environment reaches every worker already, and Ray refuses
+    # a driver runtime_env that sets one of its variables again.
+    if os.environ.get("XALIGN_HOME") and "XALIGN_HOME" not in _submitted_job_env_vars():
         env.setdefault("env_vars", {})["XALIGN_HOME"] = os.environ["XALIGN_HOME"]
     return env or None
+
+
+def _submitted_job_env_vars() -> set[str]:
+    """Names of the environment variables the runtime environment of the `ray job submit`
+    job this driver runs in sets (Ray hands it over in RAY_JOB_CONFIG_JSON_ENV_VAR); empty
+    outside a submitted job."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+    if not raw:
+        return set()
+    try:
+        env_vars = (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        return set()
+    return set(env_vars)
 
 
 def _cluster_address_env(address: str) -> Optional[dict]:
@@ -111,7 +128,7 @@ def _cluster_address_env(address: str) -> Optional[dict]:
     environment (ray job submit) already names RAY_ADDRESS, or the address is not host:port."""
     if address in ("auto", "local") or "://" in address:
         return None
-    if "RAY_ADDRESS" in os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", ""):
+    if "RAY_ADDRESS" in _submitted_job_env_vars():
         return None
     return {"env_vars": {"RAY_ADDRESS": address}}
 

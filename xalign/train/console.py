@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
 from xalign import progress
+from xalign.errors import XalignError
+from xalign.paths import xalign_home
 
 LOG_NAME = "ray_output.log"
 #: Lines of Ray's output a user must see even when it goes to the log file.
@@ -107,17 +110,17 @@ class RayOutput:
         self._log: Optional[TextIO] = None    # opened at the first line: a refused run writes nothing
         self._closed = False
         self._attached = False
+        self._made: list[Path] = []       # folders the log's opening created (a refused run removes them)
 
     def _file(self) -> Optional[TextIO]:
         """The log file, opened (and its path printed) when the first line comes."""
         if self._log is None and not self._closed:
             try:
+                self._made = _missing_folders(self.path.parent)
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._log = open(self.path, "a", encoding="utf-8", buffering=1)
             except OSError:   # the run's folder is not writable: its own check says so, clearly
-                from xalign.paths import xalign_home
-
-                self.path = xalign_home() / "logs" / f"{self.path.parent.name}-{LOG_NAME}"
+                self.path = _logs_home_path(self.path.parent.name)
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._log = open(self.path, "a", encoding="utf-8", buffering=1)
             self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} xalign (pid {os.getpid()}): Ray's output ---\n")
@@ -190,6 +193,21 @@ class RayOutput:
                 except OSError:
                     pass
 
+    def move_aside(self) -> None:
+        """A refused run leaves nothing in the folders it would have written to: a log that
+        opened in a run folder this run created moves to $XALIGN_HOME/logs, the folders go."""
+        if self._log is None or not self._made:
+            return
+        aside = _logs_home_path(self.path.parent.name)
+        try:
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.path), str(aside))
+            for folder in self._made:            # deepest first; only if nothing else is there
+                folder.rmdir()
+        except OSError:
+            return
+        progress.note(f"Ray's output moved to {aside} (the run was refused)", target=self.console)
+
 
 def _relayed_summary(line: str) -> Optional[str]:
     """The final state of a relayed progress line, as text for the log; None otherwise."""
@@ -212,8 +230,11 @@ def log_path_for(folder: str, name: str) -> Path:
     under $XALIGN_HOME/logs."""
     if "://" not in folder:
         return Path(folder) / LOG_NAME
-    from xalign.paths import xalign_home
+    return _logs_home_path(name)
 
+
+def _logs_home_path(name: str) -> Path:
+    """Where Ray's output goes when the run's folder cannot hold it: $XALIGN_HOME/logs."""
     return xalign_home() / "logs" / f"{name}-{LOG_NAME}"
 
 
@@ -238,9 +259,13 @@ def ray_output(log_path: Path, *, relayed: bool = True) -> Iterator[Optional[Ray
     sys.stdout, sys.stderr = _LineWriter(out, "stdout", saved[0]), _LineWriter(out, "stderr", saved[1])
     for h in handlers:
         h.setStream(sys.stderr)
+    refused = False
     try:
         attach()
         yield out
+    except XalignError:
+        refused = True
+        raise
     finally:
         out.detach()
         for writer in (sys.stdout, sys.stderr):
@@ -253,6 +278,17 @@ def ray_output(log_path: Path, *, relayed: bool = True) -> Iterator[Optional[Ray
         progress.set_stream(None)
         _active = None
         out.close()
+        if refused:
+            out.move_aside()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` of ``folder`` would create, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def attach() -> None:
