@@ -110,6 +110,12 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
         for task, by_lang in accuracies[norm].items():
             for lang, values in by_lang.items():
                 metrics[f"{prefix}/{task}/{lang}/{SUFFIX[norm]}"] = sum(values) / len(values)
+    # The items each accuracy is over (distinct items; each seed scores the same ones): the
+    # standard errors of `xalign report` need them.
+    distinct: dict[tuple[str, str], set] = {}
+    for (task, lang, _seed), batch in items.items():
+        distinct.setdefault((task, lang), set()).update(item.idx for item in batch)
+    metrics.update({f"{prefix}/{task}/{lang}/n_items": float(len(ids)) for (task, lang), ids in distinct.items()})
     files: list[Path] = []
     vectors = None
     if representations and (target.world_dir is not None or target.heldout):
@@ -117,6 +123,7 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
             emb = embed_parallel(model, tokenizer, heldout_sentences(target.world_dir, target.pivot, target.languages),
                                  pooler=target.pooler, batch_size=cfg.batch_size)
             align = alignment_metrics(emb, pivot=target.pivot, layer=target.layer)
+            pairs = {lang: int(v.shape[1]) for lang, v in emb.vectors.items() if lang != target.pivot}
         else:      # held-out bitext: each language against its own pivot sentences
             langs = [lang for lang in sorted(target.heldout) if not target.languages or lang in target.languages]
             sentences = {f"{target.pivot}>{lang}": target.heldout[lang]["pivot"] for lang in langs}
@@ -124,6 +131,9 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
             emb = embed_parallel(model, tokenizer, sentences, pooler=target.pooler, batch_size=cfg.batch_size)
             align = alignment_by_pair(emb, {lang: f"{target.pivot}>{lang}" for lang in langs}, pivot=target.pivot,
                                       layer=target.layer)
+            pairs = {lang: len(target.heldout[lang]["tgt"]) for lang in langs}
+        # the held-out pairs retrieval and MEXA are over, per language (for standard errors)
+        align.update({f"align/retrieval/{lang}/n_pairs": float(n) for lang, n in pairs.items()})
         # align/... is the evaluated model's (periodically during training, and at the end);
         # another prefix (base/) keeps a second model's apart: base/align/...
         metrics.update(align if prefix in ("eval", "dev") else {f"{prefix}/{k}": v for k, v in align.items()})

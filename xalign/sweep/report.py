@@ -12,6 +12,9 @@ import yaml
 from xalign import tracking
 from xalign.config.sweep import SweepConfig
 from xalign.eval import plots
+from xalign.eval.records import read_records
+from xalign.eval.stats import item_outcomes
+from xalign.sweep.compare import Table, Variant, base_variant, comparison_table
 from xalign.sweep.runner import SweepResult, Trial, compute_use
 
 COLUMNS = ("eval/acc_non_pivot", "eval/acc_pivot", "eval/gap", "align/retrieval/top1", "align/mexa")
@@ -91,6 +94,7 @@ def summary(result, sweep: SweepConfig) -> str:
     if result.best is not None:
         out.append(f"Best trial {result.best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in result.best.params.items()))
         out.append(comparison(result, result.base_metrics))
+        out.append(result.comparison or metrics_table(result).text(TABLE_TITLE))
     if result.parent_run_id:
         uri = tracking.tracking_uri(sweep.tracking)
         command, url = tracking.ui_link(sweep.tracking, view=tracking.view_key(result.name))
@@ -100,6 +104,43 @@ def summary(result, sweep: SweepConfig) -> str:
             out.append(f"HTML report: {result.report_html}")
         out.append(f"Report: xalign report {result.name} tracking_uri={uri} experiment={sweep.tracking.experiment}")
     return "\n".join(out)
+
+
+TABLE_TITLE = "Per task and language: the starting model (base), the best config and the controls"
+
+
+def metrics_table(result) -> Table:
+    """The per-language comparison from the trials' metrics alone (no per-item records:
+    standard errors of independent proportions)."""
+    variants = [base_variant(result.base_metrics)]
+    variants += [Variant(name, [t.metrics for t in runs]) for name, runs in groups_of(result.trials, result.best).items()]
+    some = next((t.metrics for t in result.trials if t.phase == "confirm"), result.best.metrics if result.best else {})
+    return comparison_table(variants, _pivot(some) or _pivot(variants[0].metrics[0] if variants[0].metrics else {})
+                            or "")
+
+
+def _records(download, run_id: str, artifact: str, folder: Path, normalization: str):
+    """The per-item outcomes of a run's records artifact; None where it has none."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return item_outcomes(read_records(download(run_id, artifact, str(folder))), normalization)
+    except Exception:  # noqa: BLE001  (not logged: tracking of artifacts off, or an older run)
+        return None
+
+
+def records_table(parent, runs: dict[str, list], base: dict, download, out_dir: Path, pivot: str) -> Table:
+    """The per-language comparison with every run's per-item records read from MLflow
+    (paired standard errors where all of a difference's runs have them)."""
+    folder = out_dir / "artifacts"
+    normalization = next((r.data.params.get("eval.normalization") for rs in runs.values() for r in rs), None) or "none"
+    variants = [base_variant(base, _records(download, parent.info.run_id, "eval/base_records.jsonl",
+                                            folder / parent.info.run_id, normalization))]
+    for name, group in runs.items():
+        outcomes = [_records(download, r.info.run_id, "eval/eval_records.jsonl", folder / r.info.run_id,
+                             normalization) for r in group]
+        variants.append(Variant(name, [dict(r.data.metrics) for r in group],
+                                outcomes if all(o is not None for o in outcomes) else None))
+    return comparison_table(variants, pivot)
 
 
 # --- `xalign report SWEEP_NAME`: a sweep read back from MLflow ----------------------------
@@ -133,9 +174,19 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     best_id = parent.data.tags.get("xalign.best_trial_id")
     base = {k.removeprefix("best/"): v for k, v in parent.data.metrics.items() if k.startswith("best/base/")}
     base.update({k: v for k, v in parent.data.metrics.items() if k.startswith("base/")})
+    table = None
     if best_id:
         best = next((t for t in trials if t.trial_id == best_id), None)
         lines.append(comparison(SweepResult(name, trials, best, [], parent.info.run_id, ""), base))
+        by_id = {run.data.tags.get("xalign.trial_id", run.info.run_id[:8]): run for run in children}
+        runs = {group: [by_id[t.trial_id] for t in members if t.trial_id in by_id]
+                for group, members in groups_of(trials, best).items()}
+        some = next((t.metrics for t in trials if t.phase == "confirm"), best.metrics if best else {})
+        table = records_table(parent, runs, base, download, out_dir, _pivot(some) or "")
+        text = table.text(TABLE_TITLE)
+        lines.append(text)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "comparison.txt").write_text(text + "\n", encoding="utf-8")
         path = download(parent.info.run_id, "best_config.yaml", str(out_dir))
         lines.append("Best config (ready to run with `xalign train`):\n" + Path(path).read_text())
         if best is not None:
@@ -154,7 +205,7 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     names = {run.data.tags.get("xalign.trial_id", ""): run.info.run_name for run in children}
     page = html_report(name, parent.info.run_id, trials, objectives, searched, base,
                        next((t for t in trials if t.trial_id == best_id), None), names, out_dir,
-                       projections=_projections(parent, children, best_id, download, out_dir))
+                       projections=_projections(parent, children, best_id, download, out_dir), table=table)
     lines.append(f"Plots: {out_dir}")
     lines.append(f"HTML report: {page}")
     return "\n".join(lines)
@@ -197,13 +248,14 @@ def groups_of(trials: Sequence, best) -> dict[str, list]:
         if t.phase == "confirm" and t.status == "TERMINATED":
             groups.setdefault(t.params.get("__control__", "best"), []).append(t)
     if "best" not in groups and best is not None:
-        groups = {"best": [best], **groups}
-    return groups
+        groups["best"] = [best]
+    return {name: groups[name] for name in sorted(groups, key=lambda name: (name != "best", name))}
 
 
 def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, searched: Sequence[str], base: dict,
                 best, names: dict[str, str], out_dir: Path, *,
-                projections: tuple[Optional[Path], Optional[Path]] = (None, None)) -> Path:
+                projections: tuple[Optional[Path], Optional[Path]] = (None, None),
+                table: Optional[Table] = None) -> Path:
     """``report.html`` in ``out_dir``: the base model against the best config and the
     controls, accuracy per task and language before and after, the Pareto front, the
     representation projection before and after, the search trials and the best config."""
@@ -227,6 +279,11 @@ def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, s
         rows.append([group + (" config" if group == "best" else ""), len(runs)] + cells)
     page.heading("Starting model, best config and controls")
     page.table(["", "runs"] + [label for _, _, label in keys], rows)
+    if table is not None:
+        page.heading("Per task and language, with standard errors")
+        page.table(table.header, table.rows)
+        for note in table.notes:
+            page.text(note, note=True)
 
     after = groups.get("best", [])
     cells = sorted({tuple(k.split("/")[1:3]) for t in after for k in t.metrics

@@ -61,6 +61,9 @@ class SweepResult:
     path: str
     base_metrics: dict[str, float] = field(default_factory=dict)
     report_html: Optional[str] = None     # the HTML report written at the end, when tracking is on
+    #: The per-language table with standard errors from the runs' per-item records (`xalign
+    #: report`'s), once the report is written; the summary shows it instead of its metrics-only form.
+    comparison: Optional[str] = None
 
 
 def trial_config(base: dict, params: dict[str, Any]) -> RunConfig:
@@ -557,10 +560,15 @@ def attach_report(sweep: SweepConfig, parent: str, result: SweepResult) -> None:
 
     out_dir = Path(result.path) / "report" if not storage.is_uri(result.path) else reports_dir(result.name)
     try:
-        tracking.log_text(sweep.tracking, parent, summary(result, sweep), "summary.txt")
         report(sweep.tracking, result.name, out_dir=out_dir)
-        files = sorted(p for p in out_dir.iterdir() if p.is_file() and p.suffix in (".html", ".png", ".yaml"))
+        table = out_dir / "comparison.txt"     # the per-language table with standard errors, for the summary
+        result.comparison = table.read_text(encoding="utf-8").rstrip("\n") if table.is_file() else None
+        files = sorted(p for p in out_dir.iterdir() if p.is_file() and p.suffix in (".html", ".png", ".yaml", ".txt"))
         tracking.log_results(sweep.tracking, parent, {}, files, artifact_dir="report")
         result.report_html = str(out_dir / "report.html")
     except Exception as exc:  # noqa: BLE001  (matplotlib, the store, a full disk: the sweep itself is done)
         progress.note(f"sweep {result.name}: the report could not be written to {out_dir}: {type(exc).__name__}: {exc}")
+    try:
+        tracking.log_text(sweep.tracking, parent, summary(result, sweep), "summary.txt")
+    except Exception as exc:  # noqa: BLE001
+        progress.note(f"sweep {result.name}: summary.txt could not be logged: {type(exc).__name__}: {exc}")
