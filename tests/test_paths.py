@@ -86,3 +86,13 @@ def test_xalign_eval_writes_under_xalign_home_not_the_working_directory(tiny_wor
     result = run_evaluation(cfg)
     assert result.files and all(Path(f).is_relative_to(xalign_home / "eval_results" / "paths") for f in result.files)
     assert os.listdir(tmp_path) == []
+
+
+def test_claim_new_dir_never_hands_out_a_folder_twice(tmp_path):
+    from xalign.paths import claim_new_dir
+
+    first = claim_new_dir(tmp_path / "runs" / "eval-x")
+    (first / "eval_records.jsonl").write_text("kept")
+    second, third = claim_new_dir(tmp_path / "runs" / "eval-x"), claim_new_dir(tmp_path / "runs" / "eval-x")
+    assert [first.name, second.name, third.name] == ["eval-x", "eval-x-2", "eval-x-3"]
+    assert (first / "eval_records.jsonl").read_text() == "kept" and not any(second.iterdir())

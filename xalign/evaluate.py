@@ -17,7 +17,7 @@ from xalign.model import load_model, load_tokenizer
 from xalign.model.checks import check_run_model
 from xalign.model.loading import prepare_model
 from xalign.model.pooling import model_layers
-from xalign.paths import eval_results_dir
+from xalign.paths import claim_new_dir, eval_results_dir
 from xalign.synthetic import evaluation_world, run_world
 
 
@@ -33,7 +33,9 @@ def run_evaluation(cfg: RunConfig, *, out_dir: Optional[Path] = None) -> EvalRes
     model = load_model(cfg.model, world_dir)
     target = replace(target, layer=max(model_layers(model, cfg.objective.layer)))
     name = cfg.tracking.run_name or f"eval-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out_dir = out_dir or eval_results_dir(name)
+    if out_dir is None:                           # never into another evaluation's folder
+        out_dir = claim_new_dir(eval_results_dir(name))
+        name = out_dir.name
     result = evaluate(model, tokenizer, cfg.eval, target, out_dir=out_dir, items=items)
     if cfg.tracking.enabled:
         run_id = tracking.open_run(cfg.tracking, cfg, run_name=name, kind="eval")

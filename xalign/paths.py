@@ -30,6 +30,22 @@ def eval_results_dir(name: str) -> Path:
     return xalign_home() / "eval_results" / name
 
 
+def claim_new_dir(path: Path) -> Path:
+    """Create ``path``, or ``path-2``, ``path-3``, ... if it exists: a folder no other command
+    writes into (two ``xalign eval`` started in the same second, or a ``run_name`` used twice,
+    would otherwise write over each other's records). ``mkdir`` without ``exist_ok`` is the
+    claim, so two processes never get the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = path, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = path.with_name(f"{path.name}-{n}")
+
+
 def reports_dir(name: str) -> Path:
     """``$XALIGN_HOME/reports/<name>``: the plots and best config of ``xalign report <name>``."""
     return xalign_home() / "reports" / name
