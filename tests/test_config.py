@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,25 @@ def test_asha_on_held_out_pair_proxies_for_a_real_data_run(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_sweep(sweep, ["data.pairs.heldout=0"])
     assert "tune.asha_metric" in str(info.value) and "data.pairs.heldout" in str(info.value)
+
+
+def test_eval_protocol_is_one_name_or_a_list(tmp_path):
+    from xalign.config.sweep import load_sweep
+
+    run = REPO / "configs" / "runs" / "afp-synthetic.yaml"
+    assert load_run(run).eval.protocols == ["cross"] and load_run(run).eval.protocol == "cross"   # param unchanged
+    both = load_run(run, ["eval.protocol=[cross, same]"])
+    assert both.eval.protocols == ["cross", "same"] and flatten(both)["eval.protocol"] == ["cross", "same"]
+    for value, why in (("sam", r"got 'sam' \('sam' is not a protocol\)\. Did you mean 'same'\?"),
+                       ("[cross, cross]", r"got \[.cross., .cross.\] \(a protocol is listed twice\)"),
+                       ("[]", r"got \[\] \(an empty list\)")):
+        found = problems_of(run, [f"eval.protocol={value}"])
+        assert len(found) == 1 and re.search(r"`eval\.protocol`: must be 'cross' or 'same', or a list of them to "
+                                             r"evaluate each \(e\.g\. \[cross, same\]\); " + why, found[0]), found
+    # the other protocol's final metrics (eval_same/...) are objectives a sweep may name
+    sweep = write(tmp_path, "s.yaml", f"extends: {run}\ntune: {{metrics: {{eval_same/acc_non_pivot: max, "
+                                      f"eval_same/xcopa/qab/acc: max}}}}\n")
+    assert list(load_sweep(sweep, ["eval.protocol=[cross, same]"]).tune.metrics) == [
+        "eval_same/acc_non_pivot", "eval_same/xcopa/qab/acc"]
+    with pytest.raises(ConfigError, match=r"no trial reports 'eval_same/acc_non_pivot'"):
+        load_sweep(sweep)

@@ -102,7 +102,7 @@ def test_accuracy_equals_lm_eval_on_the_real_samples(tmp_path, capsys):
                       "languages": {"en": {"dev": f"{REAL}/xcopa/en/train.jsonl", "test": f"{REAL}/xcopa/en/test.jsonl"}}},
         }})
     items = plan_items(cfg, Target(pivot="en"))
-    assert {(task, lang) for task, lang, _ in items} == {("pawsx", "de"), ("pawsx", "en"), ("pawsx", "zh"),
+    assert {(task, lang) for task, lang, *_ in items} == {("pawsx", "de"), ("pawsx", "en"), ("pawsx", "zh"),
                                                          ("xcopa", "en"), ("xcopa", "vi"), ("xcopa", "zh")}
     texts = [it.prompt(j) + o for batch in items.values() for it in batch for j, o in enumerate(it.options)]
     tokenizer = _byte_bpe_tokenizer(texts)
@@ -115,7 +115,7 @@ def test_accuracy_equals_lm_eval_on_the_real_samples(tmp_path, capsys):
     hflm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=16, device="cpu")
     t_ours = t_theirs = 0.0
     lines = []
-    for (task, lang, _), batch in sorted(items.items()):
+    for (task, lang, *_), batch in sorted(items.items()):
         start = time.perf_counter()
         ours = [choose(s, "none") for s in score_items(model, tokenizer, batch, batch_size=16, add_bos=False)]
         t_ours += time.perf_counter() - start
@@ -134,3 +134,33 @@ def test_accuracy_equals_lm_eval_on_the_real_samples(tmp_path, capsys):
         assert abs(acc_ours - acc_theirs) <= 0.005, lines[-1]
     with capsys.disabled():
         print("\n" + "\n".join(lines) + f"\nwall time: xalign {t_ours:.2f}s, lm-eval HFLM {t_theirs:.2f}s")
+
+
+def test_two_protocols_in_one_evaluation_keep_their_metrics_apart(tiny_world, tmp_path):
+    """eval.protocol [cross, same]: the first keeps the contract's names, the other's go under
+    eval_same/...; each equals what an evaluation with that protocol alone reports, the pivot's
+    items (rendered alike by both) are scored once, and each protocol has its own records."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xalign.eval.evaluator import plan_items, score_shard
+
+    _, world_dir = tiny_world
+    tok = AutoTokenizer.from_pretrained(world_dir / "tokenizer")
+    model = AutoModelForCausalLM.from_pretrained(world_dir / "base_model")
+    target = Target(pivot="qaa", world_dir=world_dir, layer=1)
+    both_cfg = EvalConfig(tasks=["pawsx"], shots=1, max_items=6, protocol=["cross", "same"])
+    items = plan_items(both_cfg, target)
+    scores = score_shard(model, tok, items, batch_size=8)
+    assert scores[("pawsx", "qaa", 0, "same")] is scores[("pawsx", "qaa", 0, "cross")]      # scored once
+    assert items[("pawsx", "qab", 0, "same")] != items[("pawsx", "qab", 0, "cross")]
+    both = evaluate(model, tok, both_cfg, target, items=items, scores=scores, out_dir=tmp_path, representations=False)
+    alone = {p: evaluate(model, tok, EvalConfig(tasks=["pawsx"], shots=1, max_items=6, protocol=p), target,
+                         representations=False).metrics for p in ("cross", "same")}
+    assert not any(k.startswith("eval_cross/") for k in both.metrics)
+    assert {k: v for k, v in both.metrics.items() if k.startswith("eval/")} == alone["cross"]
+    assert {k.replace("eval_same/", "eval/"): v for k, v in both.metrics.items()
+            if k.startswith("eval_same/")} == alone["same"]
+    assert both.metrics["eval_same/pawsx/qaa/acc"] == both.metrics["eval/pawsx/qaa/acc"]
+    assert both.metrics["eval_same/pawsx/qab/n_items"] == 6
+    assert len(read_records(tmp_path / "eval_records.jsonl")) == len(read_records(tmp_path / "eval_same_records.jsonl"))
+    assert (tmp_path / "eval_same_accuracy.png").is_file() and "[protocol same: eval_same/...]" in both.table

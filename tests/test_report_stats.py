@@ -141,12 +141,16 @@ def test_report_reads_records_from_mlflow_and_shows_the_table(tmp_path):
 
     def run(tags, metrics, records=None, artifact="eval/eval_records.jsonl", params=()):
         r = client.create_run(exp, tags=tags)
+        prefix = artifact.split("/")[1].removesuffix("_records.jsonl")      # eval or base
+        # a second protocol (eval.protocol [cross, same]): its metrics and records under <prefix>_same
+        metrics = {**metrics, **{k.replace(f"{prefix}/", f"{prefix}_same/", 1): v for k, v in metrics.items()}}
         for k, v in metrics.items():
             client.log_metric(r.info.run_id, k, v)
         for k, v in params:
             client.log_param(r.info.run_id, k, v)
         if records is not None:
-            client.log_text(r.info.run_id, "".join(json.dumps(x) + "\n" for x in records), artifact)
+            for name in (artifact, artifact.replace("_records", "_same_records")):
+                client.log_text(r.info.run_id, "".join(json.dumps(x) + "\n" for x in records), name)
         client.set_terminated(r.info.run_id, "FINISHED")
         return r.info.run_id
 
@@ -165,9 +169,12 @@ def test_report_reads_records_from_mlflow_and_shows_the_table(tmp_path):
 
     out = tmp_path / "report"
     text = report(TrackingConfig(tracking_uri=uri, experiment="sweeps"), "tiny", out_dir=out)
-    line = next(x for x in text.splitlines() if x.startswith("xcopa") and " zh " in x)
-    assert line.split() == ["xcopa", "zh", "25.0", "62.5", "±", "17.7", "0.0", "4", "+37.5", "±", "23.9",
-                            "-25.0", "±", "25.0", "+62.5", "±", "23.9"]
+    lines = [x for x in text.splitlines() if x.startswith("xcopa") and " zh " in x]
+    assert len(lines) == 2 and lines[0] == lines[1]          # one table per protocol, the same numbers here
+    assert lines[0].split() == ["xcopa", "zh", "25.0", "62.5", "±", "17.7", "0.0", "4", "+37.5", "±", "23.9",
+                                "-25.0", "±", "25.0", "+62.5", "±", "23.9"]
+    assert "the best config and the controls (protocol same: eval_same/...)" in text
+    assert text.count("paired over the items, from every run's per-item records") == 2
     assert "paired over the items, from every run's per-item records" in text and "* = the pivot (en)" in text
     assert next(x for x in text.splitlines() if "en* (pivot)" in x).split()[-9:] == [
         "-12.5", "±", "12.5", "+25.0", "±", "25.0", "-37.5", "±", "23.9"]
@@ -175,6 +182,7 @@ def test_report_reads_records_from_mlflow_and_shows_the_table(tmp_path):
     page = (out / "report.html").read_text()
     assert "Per task and language, with standard errors" in page and "+37.5 ± 23.9" in page
     assert "best - no_lm" in page and "paired over the items" in page
+    assert "Per task and language, with standard errors (protocol same: eval_same/...)" in page
 
 
 def test_the_sweep_summary_table_from_metrics_alone():

@@ -7,12 +7,14 @@ plain Python tables: validating a config never imports torch, transformers or da
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from xalign.config.base import RELATIVE_TO_FILE, NonNegInt, PositiveInt, Section
 from xalign.tasks.registry import get_task  # plain tables: cheap, no torch
+from xalign.suggest import did_you_mean
+from xalign.tasks.base import PROTOCOLS
 
 
 def _check_task(name: str) -> str:
@@ -32,6 +34,23 @@ def _literal_path_exists(value: Optional[str]) -> Optional[str]:
 
 
 LocalPath = Annotated[Optional[str], RELATIVE_TO_FILE, AfterValidator(_literal_path_exists)]
+
+
+def _check_protocols(value: Any) -> Any:
+    """One protocol name, or a non-empty list of distinct ones."""
+    allowed = " or ".join(repr(p) for p in sorted(PROTOCOLS))
+    names = value if isinstance(value, list) else [value]
+    bad = [v for v in names if v not in PROTOCOLS]
+    if bad or not names or (isinstance(value, list) and len(set(names)) != len(names)):
+        why = ("an empty list" if not names else f"{bad[0]!r} is not a protocol" if bad
+               else "a protocol is listed twice")
+        hint = did_you_mean(bad[0], list(PROTOCOLS)) if bad and isinstance(bad[0], str) else ""
+        raise ValueError(f"must be {allowed}, or a list of them to evaluate each (e.g. [cross, same]); "
+                         f"got {value!r} ({why}).{hint}".rstrip("."))
+    return value
+
+
+Protocols = Annotated[Union[Literal["cross", "same"], list[Literal["cross", "same"]]], BeforeValidator(_check_protocols)]
 
 
 class LanguageSourceConfig(Section):
@@ -106,8 +125,11 @@ class EvalConfig(Section):
     #: Demonstrations per query, drawn from the dev split only.
     shots: NonNegInt = 0
     #: cross: template and demonstrations in the pivot, query in the target language (the
-    #: AFP setting); same: everything in the query's language.
-    protocol: Literal["cross", "same"] = "cross"
+    #: AFP setting); same: everything in the query's language. A list ([cross, same])
+    #: evaluates each: the first is the primary one (plain metric names, checkpoint
+    #: selection, the periodic dev evaluations); another's final metrics are named
+    #: ``<prefix>_<protocol>/...`` (``eval_same/xcopa/zh/acc``, ``base_same/acc_non_pivot``).
+    protocol: Protocols = "cross"
     #: Demonstration-sampling seeds; results are averaged with their spread.
     seeds: list[int] = Field(default_factory=lambda: [0])
     #: Cap on items per task and language for the periodic dev evaluations during training
@@ -138,6 +160,11 @@ class EvalConfig(Section):
     baseline: bool = True
     #: Keep and finally evaluate the checkpoint with the best DEV accuracy (not the last).
     select_best: bool = True
+
+    @property
+    def protocols(self) -> list[str]:
+        """``protocol`` as a list, the primary one first."""
+        return list(self.protocol) if isinstance(self.protocol, list) else [self.protocol]
 
     @model_validator(mode="after")
     def _sources_for_real_tasks(self) -> "EvalConfig":

@@ -190,7 +190,9 @@ def reportable_metrics(run: RunConfig) -> set[str]:
     """The metric names a trial reports: the contract's, for the configured tasks."""
     names = {"train/loss", "train/loss_contrastive", "train/loss_lm", "train/tokens_per_s"}
     if run.eval.tasks:
-        for prefix in ("eval", "dev", "base"):
+        # another protocol than the first (eval.protocol: [cross, same]): its final metrics, eval_same/...
+        others = [f"{prefix}_{p}" for p in run.eval.protocols[1:] for prefix in ("eval", "base")]
+        for prefix in ("eval", "dev", "base", *others):
             names |= {f"{prefix}/{m}" for m in ("acc", "acc_pivot", "acc_non_pivot", "gap")}
             names |= {f"{prefix}/{task}/gap" for task in run.eval.tasks}
         names |= {"align/retrieval/top1", "align/mexa"}
@@ -242,8 +244,8 @@ def value_problems(sweep: SweepConfig, where: dict[str, str]) -> list:
     reportable = reportable_metrics(base)
     for metric in sweep.tune.metrics:
         parts = metric.split("/")
-        per_lang = len(parts) == 4 and parts[0] in ("eval", "dev", "base") and parts[3] == "acc" \
-            and parts[1] in base.eval.tasks
+        prefixes = ("eval", "dev", "base", *(f"{x}_{p}" for p in base.eval.protocols[1:] for x in ("eval", "base")))
+        per_lang = len(parts) == 4 and parts[0] in prefixes and parts[3] == "acc" and parts[1] in base.eval.tasks
         if metric not in reportable and not per_lang:
             hint = did_you_mean(metric, sorted(reportable))
             problems.append(Problem(f"tune.metrics.{metric}", f"no trial reports {metric!r}.{hint} Trials report "

@@ -46,11 +46,13 @@ class Target:
     heldout: Optional[dict] = field(default=None, hash=False, compare=False)
 
 
-def plan_items(cfg: EvalConfig, target: Target, *, split: Optional[str] = None):
-    """Every (task, language, seed) -> items, built before any model is loaded so that a bad
-    file, column, label or language fails first (all problems in one TaskError)."""
+def plan_items(cfg: EvalConfig, target: Target, *, split: Optional[str] = None,
+               protocols: Optional[Sequence[str]] = None):
+    """Every (task, language, seed, protocol) -> items, built before any model is loaded so
+    that a bad file, column, label or language fails first (all problems in one TaskError).
+    ``protocols``: default all of ``eval.protocol``."""
     items = build_eval_items(cfg, pivot=target.pivot, world_dir=target.world_dir, languages=target.languages,
-                             split=split)
+                             split=split, protocols=protocols)
     return {key: value[: cfg.max_items] if cfg.max_items else value for key, value in items.items()}
 
 
@@ -70,10 +72,20 @@ def score_shard(model, tokenizer, items: dict, *, batch_size: int, shard: tuple[
     Shows progress (``label: task/language``, items/s); ``relay``: from a Ray task too."""
     out = {}
     bounds = {key: shard_bounds(len(batch), shard) for key, batch in items.items()}
-    with progress.bar(label, total=sum(hi - lo for lo, hi in bounds.values()), unit="item", relay=relay) as shown:
+    # The same items under another protocol (the pivot's: cross and same render it alike) are scored once.
+    same_as = {}
+    for key, batch in items.items():
+        same_as[key] = next((k for k in same_as if same_as[k] == k and k[:3] == key[:3] and items[k] == batch), key)
+    several_seeds, several_protocols = len({k[2] for k in items}) > 1, len({k[3] for k in items}) > 1
+    total = sum(hi - lo for key, (lo, hi) in bounds.items() if same_as[key] == key)
+    with progress.bar(label, total=total, unit="item", relay=relay) as shown:
         for key, batch in items.items():
-            (lo, hi), (task, lang, seed) = bounds[key], key
-            shown.set_description(f"{label} {task}/{lang}" + (f" seed {seed}" if len({k[2] for k in items}) > 1 else ""))
+            (lo, hi), (task, lang, seed, protocol) = bounds[key], key
+            if same_as[key] != key:
+                out[key] = out[same_as[key]]
+                continue
+            shown.set_description(f"{label} {task}/{lang}" + (f" seed {seed}" if several_seeds else "")
+                                  + (f" ({protocol})" if several_protocols else ""))
             out[key] = score_items(model, tokenizer, batch[lo:hi], batch_size=batch_size,
                                    progress=shown.update) if hi > lo else []
     return out
@@ -96,26 +108,34 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
     items = items if items is not None else plan_items(cfg, target, split=split)
     if scores is None:
         scores = score_shard(model, tokenizer, items, batch_size=cfg.batch_size, label=label, relay=relay)
-    accuracies: dict[str, dict[str, dict[str, list[float]]]] = {n: {} for n in NORMALIZATIONS}
-    all_items, all_scores = [], []
-    for key, batch in items.items():
-        (task, lang, _seed), item_scores = key, scores[key]
+    protocols = [p for p in cfg.protocols if any(k[3] == p for k in items)]
+    protocols += sorted({k[3] for k in items} - set(protocols))
+    # The primary protocol's metrics keep the contract's names; another's go under <prefix>_<protocol>/.
+    prefixes = {p: prefix if i == 0 else f"{prefix}_{p}" for i, p in enumerate(protocols)}
+    metrics: dict[str, float] = {}
+    records: dict[str, tuple[list, list]] = {p: ([], []) for p in protocols}
+    for protocol in protocols:
+        accuracies: dict[str, dict[str, dict[str, list[float]]]] = {n: {} for n in NORMALIZATIONS}
+        distinct: dict[tuple[str, str], set] = {}
+        for key, batch in items.items():
+            (task, lang, _seed, key_protocol), item_scores = key, scores[key]
+            if key_protocol != protocol:
+                continue
+            for norm in NORMALIZATIONS:
+                correct = [choose(s, norm) == item.gold for item, s in zip(batch, item_scores, strict=True)]
+                accuracies[norm].setdefault(task, {}).setdefault(lang, []).append(sum(correct) / len(correct))
+            distinct.setdefault((task, lang), set()).update(item.idx for item in batch)
+            records[protocol][0].extend(batch)
+            records[protocol][1].extend(item_scores)
+        name = prefixes[protocol]
+        metrics.update(summarise(accuracies[cfg.normalization], pivot=target.pivot, prefix=name))
         for norm in NORMALIZATIONS:
-            correct = [choose(s, norm) == item.gold for item, s in zip(batch, item_scores, strict=True)]
-            accuracies[norm].setdefault(task, {}).setdefault(lang, []).append(sum(correct) / len(correct))
-        all_items += batch
-        all_scores += item_scores
-    metrics = summarise(accuracies[cfg.normalization], pivot=target.pivot, prefix=prefix)
-    for norm in NORMALIZATIONS:
-        for task, by_lang in accuracies[norm].items():
-            for lang, values in by_lang.items():
-                metrics[f"{prefix}/{task}/{lang}/{SUFFIX[norm]}"] = sum(values) / len(values)
-    # The items each accuracy is over (distinct items; each seed scores the same ones): the
-    # standard errors of `xalign report` need them.
-    distinct: dict[tuple[str, str], set] = {}
-    for (task, lang, _seed), batch in items.items():
-        distinct.setdefault((task, lang), set()).update(item.idx for item in batch)
-    metrics.update({f"{prefix}/{task}/{lang}/n_items": float(len(ids)) for (task, lang), ids in distinct.items()})
+            for task, by_lang in accuracies[norm].items():
+                for lang, values in by_lang.items():
+                    metrics[f"{name}/{task}/{lang}/{SUFFIX[norm]}"] = sum(values) / len(values)
+        # The items each accuracy is over (distinct items; each seed scores the same ones): the
+        # standard errors of `xalign report` need them.
+        metrics.update({f"{name}/{task}/{lang}/n_items": float(len(ids)) for (task, lang), ids in distinct.items()})
     files: list[Path] = []
     vectors = None
     if representations and (target.world_dir is not None or target.heldout):
@@ -141,14 +161,18 @@ def evaluate(model, tokenizer, cfg: EvalConfig, target: Target, *, split: Option
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        files.append(write_records(out_dir / f"{prefix}_records.jsonl", all_items, all_scores))
-        files.append(accuracy_bars(metrics, pivot=target.pivot, path=out_dir / f"{prefix}_accuracy.png", prefix=prefix))
+        for protocol, name in prefixes.items():
+            files.append(write_records(out_dir / f"{name}_records.jsonl", *records[protocol]))
+            files.append(accuracy_bars(metrics, pivot=target.pivot, path=out_dir / f"{name}_accuracy.png", prefix=name,
+                                       title=f"protocol {protocol}" if len(prefixes) > 1 else ""))
         if vectors is not None:
             files.append(projection(vectors, path=out_dir / f"{prefix}_representations.png",
                                     title=f"hidden_states[{target.layer}], {target.pooler} pooling (PCA)"))
         (out_dir / f"{prefix}_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         files.append(out_dir / f"{prefix}_metrics.json")
-    return EvalResult(metrics, table(metrics, pivot=target.pivot, prefix=prefix), files, time.perf_counter() - start)
+    tables = [(f"[protocol {protocol}: {name}/...]\n" if len(prefixes) > 1 else "")
+              + table(metrics, pivot=target.pivot, prefix=name) for protocol, name in prefixes.items()]
+    return EvalResult(metrics, "\n".join(tables), files, time.perf_counter() - start)
 
 
 def heldout_sentences(world_dir: Path, pivot: str, languages: Optional[Sequence[str]] = None) -> dict[str, list[str]]:

@@ -36,7 +36,8 @@ def item_outcomes(records: Sequence[dict], normalization: str = "none") -> Outco
     demonstration seed), by (task, language)."""
     hits: dict[tuple[str, str], dict[str, list[bool]]] = {}
     for r in records:
-        hits.setdefault((r["task"], r["lang"]), {}).setdefault(str(r["idx"]), []).append(bool(r["correct"][normalization]))
+        cell = hits.setdefault((r["task"], r["lang"]), {})
+        cell.setdefault(str(r["idx"]), []).append(bool(r["correct"][normalization]))
     return {cell: {idx: sum(v) / len(v) for idx, v in items.items()} for cell, items in hits.items()}
 
 

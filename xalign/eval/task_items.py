@@ -164,16 +164,20 @@ def build_items(task: str, lang: str, *, split: str = "test", template: str = "a
 
 
 def build_eval_items(cfg, *, pivot: Optional[str], world_dir: Optional[Path] = None,
-                     languages: Optional[Sequence[str]] = None, split: Optional[str] = None
-                     ) -> dict[tuple[str, str, int], list[EvalItem]]:
-    """Every evaluation of an ``EvalConfig`` (task x language x seed), built up front so that
-    a bad file, column, label or language fails before the model is loaded; all problems are
-    reported together in one TaskError.
+                     languages: Optional[Sequence[str]] = None, split: Optional[str] = None,
+                     protocols: Optional[Sequence[str]] = None) -> dict[tuple[str, str, int, str], list[EvalItem]]:
+    """Every evaluation of an ``EvalConfig`` (task x language x seed x protocol), keyed
+    ``(task, lang, seed, protocol)``, built up front so that a bad file, column, label or
+    language fails before the model is loaded; all problems are reported together in one
+    TaskError.
 
     ``languages`` (default ``cfg.languages``) are intersected with each task's languages; a
     language that no task has is an error. None = every language of each task.
+    ``protocols``: default every protocol of ``cfg.protocol`` (one name or a list).
     """
     split = split or cfg.split
+    if protocols is None:
+        protocols = cfg.protocol if isinstance(cfg.protocol, list) else [cfg.protocol]
     languages = list(languages) if languages is not None else cfg.languages
     seeds = cfg.seeds if cfg.shots > 0 else cfg.seeds[:1]
     out: dict[tuple[str, str, int], list[EvalItem]] = {}
@@ -189,15 +193,16 @@ def build_eval_items(cfg, *, pivot: Optional[str], world_dir: Optional[Path] = N
         all_langs |= set(have)
         wanted = [lang for lang in languages if lang in have] if languages else list(have)
         seen |= set(wanted)
-        for lang in wanted:
-            for seed in seeds:
-                try:
-                    out[(name, lang, seed)] = build_items(
-                        name, lang, split=split, template=cfg.template, shots=cfg.shots, protocol=cfg.protocol,
-                        seed=seed, pivot=pivot, world_dir=world_dir, sources=cfg.sources, max_items=cfg.max_items)
-                except TaskError as exc:
-                    problems.append(str(exc))
-                    break
+        for protocol in protocols:
+            for lang in wanted:
+                for seed in seeds:
+                    try:
+                        out[(name, lang, seed, protocol)] = build_items(
+                            name, lang, split=split, template=cfg.template, shots=cfg.shots, protocol=protocol,
+                            seed=seed, pivot=pivot, world_dir=world_dir, sources=cfg.sources, max_items=cfg.max_items)
+                    except TaskError as exc:
+                        problems.append(str(exc) + (f" (protocol {protocol!r})" if len(protocols) > 1 else ""))
+                        break
     for lang in languages or ():
         if lang not in seen and all_langs:
             problems.append(f"eval.languages: no task of {list(cfg.tasks)} has language {lang!r}."

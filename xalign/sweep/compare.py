@@ -36,14 +36,16 @@ class Variant:
 
 def base_variant(metrics: dict[str, float], outcomes: Optional[Outcomes] = None, name: str = "base") -> Variant:
     """The starting model's ``base/...`` metrics under the names trained runs use
-    (``base/xcopa/zh/acc`` -> ``eval/xcopa/zh/acc``, ``base/align/mexa`` -> ``align/mexa``)."""
+    (``base/xcopa/zh/acc`` -> ``eval/xcopa/zh/acc``, ``base_same/...`` -> ``eval_same/...``,
+    ``base/align/mexa`` -> ``align/mexa``)."""
     renamed = {}
     for key, value in metrics.items():
         key = key.removeprefix("best/")
+        head, _, rest = key.partition("/")
         if key.startswith("base/align/"):
-            renamed[key.removeprefix("base/")] = value
-        elif key.startswith("base/"):
-            renamed["eval/" + key.removeprefix("base/")] = value
+            renamed[rest] = value
+        elif head == "base" or head.startswith("base_"):
+            renamed[f"eval{head[4:]}/{rest}"] = value
     return Variant(name, [renamed] if renamed else [], [outcomes] if outcomes is not None else None)
 
 
@@ -94,17 +96,19 @@ def pairs_of(variants: Sequence[Variant]) -> list[tuple[str, str]]:
 class _Cells:
     """One variant's per-run values and item counts, and its per-item outcomes."""
 
-    def __init__(self, variant: Variant):
-        self.v = variant
+    def __init__(self, variant: Variant, prefix: str = "eval"):
+        self.v, self.prefix = variant, prefix
         self.items = variant.items()
 
     def acc(self, task: str, lang: str) -> list[float]:
-        return [m[f"eval/{task}/{lang}/acc"] for m in self.v.metrics if f"eval/{task}/{lang}/acc" in m]
+        key = f"{self.prefix}/{task}/{lang}/acc"
+        return [m[key] for m in self.v.metrics if key in m]
 
     def n(self, task: str, lang: str) -> Optional[int]:
         if self.items is not None and (task, lang) in self.items:
             return len(self.items[(task, lang)])
-        found = [m[f"eval/{task}/{lang}/n_items"] for m in self.v.metrics if f"eval/{task}/{lang}/n_items" in m]
+        key = f"{self.prefix}/{task}/{lang}/n_items"
+        found = [m[key] for m in self.v.metrics if key in m]
         return int(found[0]) if found else None
 
     def values(self, key: str) -> list[float]:
@@ -148,11 +152,13 @@ def _aligned_difference(a: _Cells, b: _Cells, metric: str, langs: Sequence[str])
     return combine(parts) if parts else None
 
 
-def comparison_table(variants: Sequence[Variant], pivot: str) -> Table:
+def comparison_table(variants: Sequence[Variant], pivot: str, prefix: str = "eval") -> Table:
     """The table (see the module's docstring) of ``variants`` (base first, then best, then the
-    controls; a variant without metrics is left out)."""
+    controls; a variant without metrics is left out). ``prefix``: the accuracies'
+    (``eval_same`` for a second protocol: then without the retrieval and MEXA rows, which
+    do not depend on the protocol); ``outcomes`` must be that protocol's."""
     variants = [v for v in variants if v.metrics]
-    cells = {v.name: _Cells(v) for v in variants}
+    cells = {v.name: _Cells(v, prefix) for v in variants}
     pairs = pairs_of(variants)
     mark = "†" if any(c.items is None for c in cells.values()) and any(c.items is not None for c in cells.values()) \
         else ""
@@ -161,7 +167,7 @@ def comparison_table(variants: Sequence[Variant], pivot: str) -> Table:
         for m in v.metrics:
             for key in m:
                 parts = key.split("/")
-                if len(parts) == 4 and parts[0] == "eval" and parts[3] == "acc":
+                if len(parts) == 4 and parts[0] == prefix and parts[3] == "acc":
                     tasks.setdefault(parts[1], set()).add(parts[2])
     header = ["task", "language", *[v.name for v in variants], "n", *[f"{a} - {b}" for a, b in pairs]]
     rows: list[list[str]] = []
@@ -217,23 +223,25 @@ def comparison_table(variants: Sequence[Variant], pivot: str) -> Table:
     if n_tasks_other:
         diffs = {p: combine([(1 / n_tasks_other, d) for d in other_parts[p]])
                  if len(other_parts[p]) == n_tasks_other else None for p in pairs}
-        row("all tasks", f"non-{pivot}" if pivot else "all languages", {n: _per_run_means(r) for n, r in other_runs.items()},
-            n_other, diffs)
+        row("all tasks", f"non-{pivot}" if pivot else "all languages",
+            {n: _per_run_means(r) for n, r in other_runs.items()}, n_other, diffs)
         overall["other"] = diffs
     if len(overall) == 2:
         diffs = {p: combine([(1.0, overall["pivot"][p]), (-1.0, overall["other"][p])])
                  if overall["pivot"][p] is not None and overall["other"][p] is not None else None for p in pairs}
-        row("all tasks", "gap", {name: c.values("eval/gap") for name, c in cells.items()}, n_pivot + n_other, diffs)
+        row("all tasks", "gap", {name: c.values(f"{prefix}/gap") for name, c in cells.items()}, n_pivot + n_other,
+            diffs)
     langs = sorted({k.split("/")[2] for v in variants for m in v.metrics for k in m
                     if k.startswith("align/retrieval/") and k.endswith("/top1") and k.count("/") == 3})
+    n_pairs = sum(max((int(v) for c in cells.values() for v in c.values(f"align/retrieval/{lang}/n_pairs")),
+                      default=0) for lang in langs)
     for metric, key, label in (("retrieval", "align/retrieval/top1", "retrieval top-1"), ("mexa", "align/mexa", "MEXA")):
-        if any(c.values(key) for c in cells.values()):
+        if prefix == "eval" and any(c.values(key) for c in cells.values()):
             diffs = {p: _aligned_difference(cells[p[0]], cells[p[1]], metric, langs) for p in pairs}
-            n = sum(int((c.values(f"align/retrieval/{lang}/n_pairs") or [0])[0]) for lang in langs
-                    for c in list(cells.values())[:1])
-            row(label, f"{len(langs)} language{'s' if len(langs) != 1 else ''}", {name: c.values(key) for name, c in cells.items()}, n, diffs,
-                accuracy=False)
-    return Table(header, rows, _notes(cells, pivot, mark), pairs)
+            row(label, f"{len(langs)} language{'s' if len(langs) != 1 else ''}",
+                {name: c.values(key) for name, c in cells.items()}, n_pairs, diffs, accuracy=False)
+    notes = _notes(cells, pivot, mark)
+    return Table(header, rows, notes if prefix == "eval" else notes[:-1], pairs)
 
 
 def _per_run_means(per_cell: list[list[float]]) -> list[float]:

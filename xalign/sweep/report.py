@@ -94,7 +94,7 @@ def summary(result, sweep: SweepConfig) -> str:
     if result.best is not None:
         out.append(f"Best trial {result.best.trial_id}: " + ", ".join(f"{k}={v}" for k, v in result.best.params.items()))
         out.append(comparison(result, result.base_metrics))
-        out.append(result.comparison or metrics_table(result).text(TABLE_TITLE))
+        out.append(result.comparison or "\n".join(t.text(title) for title, t in metrics_tables(result)))
     if result.parent_run_id:
         uri = tracking.tracking_uri(sweep.tracking)
         command, url = tracking.ui_link(sweep.tracking, view=tracking.view_key(result.name))
@@ -109,14 +109,29 @@ def summary(result, sweep: SweepConfig) -> str:
 TABLE_TITLE = "Per task and language: the starting model (base), the best config and the controls"
 
 
-def metrics_table(result) -> Table:
-    """The per-language comparison from the trials' metrics alone (no per-item records:
-    standard errors of independent proportions)."""
+def protocol_prefixes(metrics: Sequence[dict]) -> list[str]:
+    """``eval``, then the prefix of each further protocol evaluated (``eval_same``)."""
+    return ["eval"] + sorted({k.split("/", 1)[0] for m in metrics for k in m if k.startswith("eval_")})
+
+
+def table_title(prefix: str) -> str:
+    return TABLE_TITLE + (f" (protocol {prefix.removeprefix('eval_')}: {prefix}/...)" if prefix != "eval" else "")
+
+
+def metrics_tables(result) -> list[tuple[str, Table]]:
+    """The per-language comparison (one per protocol evaluated) from the trials' metrics
+    alone (no per-item records: standard errors of independent proportions)."""
     variants = [base_variant(result.base_metrics)]
     variants += [Variant(name, [t.metrics for t in runs]) for name, runs in groups_of(result.trials, result.best).items()]
     some = next((t.metrics for t in result.trials if t.phase == "confirm"), result.best.metrics if result.best else {})
-    return comparison_table(variants, _pivot(some) or _pivot(variants[0].metrics[0] if variants[0].metrics else {})
-                            or "")
+    pivot = _pivot(some) or _pivot(variants[0].metrics[0] if variants[0].metrics else {}) or ""
+    return [(table_title(prefix), comparison_table(variants, pivot, prefix))
+            for prefix in protocol_prefixes([m for v in variants for m in v.metrics])]
+
+
+def metrics_table(result) -> Table:
+    """The primary protocol's table of ``metrics_tables``."""
+    return metrics_tables(result)[0][1]
 
 
 def _records(download, run_id: str, artifact: str, folder: Path, normalization: str):
@@ -128,19 +143,21 @@ def _records(download, run_id: str, artifact: str, folder: Path, normalization: 
         return None
 
 
-def records_table(parent, runs: dict[str, list], base: dict, download, out_dir: Path, pivot: str) -> Table:
+def records_table(parent, runs: dict[str, list], base: dict, download, out_dir: Path, pivot: str,
+                  prefix: str = "eval") -> Table:
     """The per-language comparison with every run's per-item records read from MLflow
-    (paired standard errors where all of a difference's runs have them)."""
+    (paired standard errors where all of a difference's runs have them); ``prefix``: the
+    protocol's (``eval``, ``eval_same``), whose records are ``eval/<prefix>_records.jsonl``."""
     folder = out_dir / "artifacts"
     normalization = next((r.data.params.get("eval.normalization") for rs in runs.values() for r in rs), None) or "none"
-    variants = [base_variant(base, _records(download, parent.info.run_id, "eval/base_records.jsonl",
+    variants = [base_variant(base, _records(download, parent.info.run_id, f"eval/base{prefix[4:]}_records.jsonl",
                                             folder / parent.info.run_id, normalization))]
     for name, group in runs.items():
-        outcomes = [_records(download, r.info.run_id, "eval/eval_records.jsonl", folder / r.info.run_id,
+        outcomes = [_records(download, r.info.run_id, f"eval/{prefix}_records.jsonl", folder / r.info.run_id,
                              normalization) for r in group]
         variants.append(Variant(name, [dict(r.data.metrics) for r in group],
                                 outcomes if all(o is not None for o in outcomes) else None))
-    return comparison_table(variants, pivot)
+    return comparison_table(variants, pivot, prefix)
 
 
 # --- `xalign report SWEEP_NAME`: a sweep read back from MLflow ----------------------------
@@ -172,9 +189,10 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     if line:
         lines.append(line)
     best_id = parent.data.tags.get("xalign.best_trial_id")
-    base = {k.removeprefix("best/"): v for k, v in parent.data.metrics.items() if k.startswith("best/base/")}
-    base.update({k: v for k, v in parent.data.metrics.items() if k.startswith("base/")})
-    table = None
+    base = {k.removeprefix("best/"): v for k, v in parent.data.metrics.items()
+            if k.startswith(("best/base/", "best/base_"))}
+    base.update({k: v for k, v in parent.data.metrics.items() if k.startswith(("base/", "base_"))})
+    tables: list[tuple[str, Table]] = []
     if best_id:
         best = next((t for t in trials if t.trial_id == best_id), None)
         lines.append(comparison(SweepResult(name, trials, best, [], parent.info.run_id, ""), base))
@@ -182,8 +200,10 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
         runs = {group: [by_id[t.trial_id] for t in members if t.trial_id in by_id]
                 for group, members in groups_of(trials, best).items()}
         some = next((t.metrics for t in trials if t.phase == "confirm"), best.metrics if best else {})
-        table = records_table(parent, runs, base, download, out_dir, _pivot(some) or "")
-        text = table.text(TABLE_TITLE)
+        prefixes = protocol_prefixes([dict(r.data.metrics) for rs in runs.values() for r in rs])
+        tables = [(table_title(prefix), records_table(parent, runs, base, download, out_dir, _pivot(some) or "", prefix))
+                  for prefix in prefixes]
+        text = "\n".join(table.text(title) for title, table in tables)
         lines.append(text)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "comparison.txt").write_text(text + "\n", encoding="utf-8")
@@ -205,7 +225,7 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     names = {run.data.tags.get("xalign.trial_id", ""): run.info.run_name for run in children}
     page = html_report(name, parent.info.run_id, trials, objectives, searched, base,
                        next((t for t in trials if t.trial_id == best_id), None), names, out_dir,
-                       projections=_projections(parent, children, best_id, download, out_dir), table=table)
+                       projections=_projections(parent, children, best_id, download, out_dir), tables=tables)
     lines.append(f"Plots: {out_dir}")
     lines.append(f"HTML report: {page}")
     return "\n".join(lines)
@@ -255,7 +275,7 @@ def groups_of(trials: Sequence, best) -> dict[str, list]:
 def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, searched: Sequence[str], base: dict,
                 best, names: dict[str, str], out_dir: Path, *,
                 projections: tuple[Optional[Path], Optional[Path]] = (None, None),
-                table: Optional[Table] = None) -> Path:
+                tables: Sequence[tuple[str, Table]] = ()) -> Path:
     """``report.html`` in ``out_dir``: the base model against the best config and the
     controls, accuracy per task and language before and after, the Pareto front, the
     representation projection before and after, the search trials and the best config."""
@@ -279,8 +299,8 @@ def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, s
         rows.append([group + (" config" if group == "best" else ""), len(runs)] + cells)
     page.heading("Starting model, best config and controls")
     page.table(["", "runs"] + [label for _, _, label in keys], rows)
-    if table is not None:
-        page.heading("Per task and language, with standard errors")
+    for title, table in tables:
+        page.heading("Per task and language, with standard errors" + title.removeprefix(TABLE_TITLE))
         page.table(table.header, table.rows)
         for note in table.notes:
             page.text(note, note=True)

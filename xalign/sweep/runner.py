@@ -539,7 +539,7 @@ def _close_parent(sweep: SweepConfig, parent: str, result: SweepResult) -> None:
         best_config = trial_config(sweep.run_config().model_dump(mode="json"), best.params)
         tracking.set_tags(sweep.tracking, parent, {"xalign.best_trial_id": best.trial_id})
         tracking.log_results(sweep.tracking, parent, {f"best/{k}": v for k, v in best.metrics.items()
-                                                      if k.startswith(("eval/", "base/", "align/"))}, ())
+                                                      if k.startswith(("eval/", "base/", "align/", "eval_", "base_"))}, ())
         tracking.log_text(sweep.tracking, parent, yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False),
                           "best_config.yaml")
     use = compute_use(result.trials, sweep.run_config().optim.max_steps)

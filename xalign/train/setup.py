@@ -206,7 +206,8 @@ def setup_evaluation(config: dict, run: Run) -> Optional[Callable[[Any], dict[st
     target = Target(pivot=config["pivot"], languages=cfg.eval.languages, world_dir=Path(world_dir) if world_dir else None,
                     layer=max(run.layers), pooler=cfg.objective.pooler, heldout=config.get("heldout") or None)
 
-    items = plan_items(cfg.eval, target, split="dev") if cfg.eval.dev_tasks else {}
+    # the primary protocol only: it ranks checkpoints and feeds ASHA; the others are scored at the end
+    items = plan_items(cfg.eval, target, split="dev", protocols=cfg.eval.protocols[:1]) if cfg.eval.dev_tasks else {}
     dist = run.dist
 
     def dev_metrics(model) -> dict[str, float]:
