@@ -78,6 +78,14 @@ def test_report_reads_the_sweep_back_from_mlflow(small_sweep):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Best config (ready to run with `xalign train`)" in res.stdout and "objective:" in res.stdout
     assert "Compute: asha ran 15 of 20 trial steps (25% saved" in res.stdout and "STOPPED" in res.stdout
+    # the per-language table: base, best and the control, n and a paired SE next to each difference
+    table = res.stdout.split("Per task and language", 1)[1]
+    header = table.splitlines()[1].split()
+    assert header[:5] == ["task", "language", "base", "best", "no_contrastive"] and "n" in header
+    assert "paired over the items, from every run's per-item records" in table
+    row = next(line for line in table.splitlines() if line.startswith("all tasks") and "non-qaa" in line)
+    assert re.search(r" \d+ +[+-]\d+\.\d ± \d+\.\d", row), row            # n, then best - base ± SE
+    assert (tmp / "report" / "comparison.txt").is_file()
     plots = sorted(p.name for p in (tmp / "report").glob("*.png"))
     assert "gap_vs_objective_temperature.png" in plots and "best_accuracy.png" in plots and "pareto.png" in plots
     page = tmp / "report" / "report.html"
