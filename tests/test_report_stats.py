@@ -5,6 +5,7 @@ hand-computed cases."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -183,6 +184,18 @@ def test_report_reads_records_from_mlflow_and_shows_the_table(tmp_path):
     assert "Per task and language, with standard errors" in page and "+37.5 ± 23.9" in page
     assert "best - no_lm" in page and "paired over the items" in page
     assert "Per task and language, with standard errors (protocol same: eval_same/...)" in page
+    # at the end of `xalign sweep`: the report's table goes into the summary the parent run holds
+    from xalign.config.sweep import SweepConfig
+    from xalign.sweep.runner import SweepResult, Trial, attach_report
+
+    sweep = SweepConfig.model_validate({"tracking": {"tracking_uri": uri, "experiment": "sweeps"}})
+    best = Trial("s1", "search", {}, _metrics(BEST[0]), "TERMINATED")
+    result = SweepResult("tiny", [best], best, [best], parent, str(tmp_path / "sweep"))
+    attach_report(sweep, parent, result)
+    assert result.comparison.startswith("Per task and language") and "+62.5 ± 23.9" in result.comparison
+    summary = Path(client.download_artifacts(parent, "summary.txt", str(tmp_path))).read_text()
+    assert result.comparison in summary
+    assert "report/comparison.txt" in {a.path for a in client.list_artifacts(parent, "report")}
 
 
 def test_the_sweep_summary_table_from_metrics_alone():
