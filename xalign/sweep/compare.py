@@ -254,7 +254,8 @@ def _notes(cells: dict[str, _Cells], pivot: str, mark: str) -> list[str]:
     runs = ", ".join(f"{name} {len(c.v.metrics)}" for name, c in cells.items())
     with_records = [name for name, c in cells.items() if c.items is not None]
     notes = [f"Accuracy in %: mean ± sd over each config's runs (runs: {runs}); * = the pivot ({pivot}).",
-             "Differences in points ± their standard error; n = the items each difference on the row is over "
+             "Differences in points ± their standard error over the items (the runs' spread is the sd beside each "
+             "value, not in the SE); n = the items each difference on the row is over "
              "(held-out pairs for retrieval and MEXA); a mean's n and SE combine its cells as independent samples "
              "(weights as in the mean; the languages of one task are translations of the same items, so this may "
              "understate the SE of a mean)."]
