@@ -16,6 +16,8 @@ multiple-choice items with the same model object and tokenizer:
   head runs at every position, as before xalign ran it at the read positions only (the
   baseline of the large-vocabulary ratio).
 - ``xalign-bf16``: ``xalign`` with the model's weights in bf16 (against ``xalign`` in fp32).
+- ``xalign-bf16-full-vocab``: ``xalign-full-vocab`` with bf16 weights (the large-vocabulary
+  ratio in bf16, the dtype the Gemma run files use on a CPU with native bf16).
 
 ``--model gemma3-270m`` runs the real Gemma 3 270M (262k vocabulary; benchmarks/real_model.py:
 the model package's GGUF converted by xalign, or ``--model-path``) with its own tokenizer on
@@ -74,7 +76,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from real_model import GEMMA3  # noqa: E402  (benchmarks/real_model.py, next to this script)
 
-SETTINGS = ("naive", "xalign-no-reuse", "xalign", "lm-eval", "xalign-full-vocab", "xalign-bf16")
+SETTINGS = ("naive", "xalign-no-reuse", "xalign", "lm-eval", "xalign-full-vocab", "xalign-bf16",
+            "xalign-bf16-full-vocab")
 LABELS = {
     "naive": "naive per-option, batch 1",
     "xalign-no-reuse": "xalign batched, no prefix reuse",
@@ -82,6 +85,7 @@ LABELS = {
     "lm-eval": "lm-eval HFLM.loglikelihood",
     "xalign-full-vocab": "xalign, LM head at every position",
     "xalign-bf16": "xalign, bf16 weights",
+    "xalign-bf16-full-vocab": "xalign, bf16, head at every position",
 }
 REAL_MODEL_SETTINGS = ["xalign", "xalign-full-vocab", "xalign-bf16", "lm-eval"]
 REAL_XCOPA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "xcopa"
@@ -320,7 +324,7 @@ class Measurement:
         self.memory_per_pass = memory_per_pass  # in-process: the mark is reset before each pass
         self.tokenizer = tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
         self.items = load_items(work, shots)
-        self.model = model = build_model(args, tokenizer, "bf16" if setting == "xalign-bf16" else None)
+        self.model = model = build_model(args, tokenizer, "bf16" if setting.startswith("xalign-bf16") else None)
         if setting == "lm-eval":
             import logging
 
@@ -341,7 +345,7 @@ class Measurement:
                 return naive_scores(model, tokenizer, batch)
         else:
             reuse = setting != "xalign-no-reuse"
-            full_vocab = setting == "xalign-full-vocab"
+            full_vocab = setting.endswith("full-vocab")
 
             def run(batch):
                 scores = score_items(model, tokenizer, batch, batch_size=args.batch_size, reuse_prefix=reuse,
@@ -603,13 +607,16 @@ def report(results: dict, info: dict, args, lm_eval_note: str | None) -> dict:
             _ratio_line("LM head at the read positions", get("xalign"), get("xalign-full-vocab"),
                         "the LM head at every position", 3.0 if shots == 0 else None),
             _ratio_line("bf16 weights", get("xalign-bf16"), get("xalign"), "fp32 weights"),
+            _ratio_line("LM head at the read positions, bf16", get("xalign-bf16"), get("xalign-bf16-full-vocab"),
+                        "the LM head at every position, bf16"),
         ]
         for key, (a, b) in {"xalign_over_naive": ("xalign", "naive"),
                             "no_reuse_over_naive": ("xalign-no-reuse", "naive"),
                             "xalign_over_no_reuse": ("xalign", "xalign-no-reuse"),
                             "xalign_over_lm_eval": ("xalign", "lm-eval"),
                             "xalign_over_full_vocab": ("xalign", "xalign-full-vocab"),
-                            "bf16_over_fp32": ("xalign-bf16", "xalign")}.items():
+                            "bf16_over_fp32": ("xalign-bf16", "xalign"),
+                            "bf16_over_bf16_full_vocab": ("xalign-bf16", "xalign-bf16-full-vocab")}.items():
             if get(a) and get(b):
                 summary["ratios"][f"{key}@{shots}"] = get(a)["items_per_s"] / get(b)["items_per_s"]
     for line in lines:
@@ -619,19 +626,21 @@ def report(results: dict, info: dict, args, lm_eval_note: str | None) -> dict:
         print(lm_eval_note)
     # the same scores from every setting: accuracy, predictions, largest log-likelihood gap
     summary["agreement"] = {}
+    pairs = [("xalign", other) for other in ("lm-eval", "naive", "xalign-no-reuse", "xalign-full-vocab", "xalign-bf16")]
+    pairs.append(("xalign-bf16", "xalign-bf16-full-vocab"))
     for shots in args.shots:
-        ours = results.get(("xalign", shots))
-        for other in ("lm-eval", "naive", "xalign-no-reuse", "xalign-full-vocab", "xalign-bf16"):
-            theirs = results.get((other, shots))
+        for mine, other in pairs:
+            ours, theirs = results.get((mine, shots)), results.get((other, shots))
             if not ours or not theirs:
                 continue
             same = sum(a == b for a, b in zip(ours["preds"], theirs["preds"]))
             gap = max(abs(x - y) for a, b in zip(ours["logprobs"], theirs["logprobs"]) for x, y in zip(a, b))
-            summary["agreement"][f"{other}@{shots}"] = {
-                "accuracy_xalign": ours["accuracy"], f"accuracy_{other}": theirs["accuracy"],
+            key = f"{other}@{shots}" if mine == "xalign" else f"{other}_vs_{mine}@{shots}"
+            summary["agreement"][key] = {
+                f"accuracy_{mine}": ours["accuracy"], f"accuracy_{other}": theirs["accuracy"],
                 "same_predictions": same, "items": len(ours["preds"]), "max_abs_logprob_diff": gap}
-            if other in ("lm-eval", "xalign-full-vocab", "xalign-bf16") or gap > 1e-3:
-                print(f"accuracy at {shots} shots: xalign {100 * ours['accuracy']:.2f}%, {other} "
+            if other in ("lm-eval", "xalign-full-vocab", "xalign-bf16", "xalign-bf16-full-vocab") or gap > 1e-3:
+                print(f"accuracy at {shots} shots: {mine} {100 * ours['accuracy']:.2f}%, {other} "
                       f"{100 * theirs['accuracy']:.2f}% (same prediction on {same}/{len(ours['preds'])} items, "
                       f"max |log-likelihood difference| {gap:.1e})")
     noisy = [f"{r['setting']}@{r['shots']}" for r in results.values() if r["spread"] > 1.5]
