@@ -46,7 +46,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -164,6 +166,8 @@ def measure(spec: dict) -> dict:
         return measure_ray(spec)
     if kind == "vocab":
         return measure_vocab(spec)
+    if kind == "strategy":
+        return measure_strategy(spec)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(device).train()
@@ -443,12 +447,268 @@ def large_vocabulary(args) -> dict:
     return results
 
 
-def run_one(spec: dict) -> dict:
-    """One measurement in a fresh process (its own peak memory), or in this one (--quick)."""
+# --- 6. strategies: single process vs ddp vs fsdp (offload, LoRA) on W workers -------------
+
+#: The LoRA of the strategy measurements: rank 16 on the attention projections the model has.
+LORA_RANK, LORA_ALPHA = 16, 32.0
+
+
+def strategy_settings(args) -> list[dict]:
+    """The settings of 6.: the single-process loop (the baseline; with LoRA too under --lora),
+    then each strategy on ``--workers`` workers, fsdp also with offload under --cpu-offload,
+    each also with LoRA under --lora."""
+    loras = [False, True] if args.lora else [False]
+    out = [{"name": "single process" + (", LoRA" if lora else ""), "strategy": "single", "workers": 1,
+            "offload": False, "lora": lora} for lora in loras]
+    for strategy in args.strategy:
+        for offload in ([False, True] if args.cpu_offload and strategy == "fsdp" else [False]):
+            for lora in loras:
+                name = f"{strategy} x {args.workers}" + (", cpu offload" if offload else "") + (", LoRA" if lora else "")
+                out.append({"name": name, "strategy": strategy, "workers": args.workers, "offload": offload,
+                            "lora": lora})
+    return out
+
+
+def strategy_model(spec: dict):
+    """The random-init model of a strategy measurement (seed 0: every rank builds the same),
+    LoRA injected through xalign's apply_lora; ``(model to train, parameter count)``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from xalign.config.schema import LoraConfig
+    from xalign.model.lora import apply_lora, module_suffixes
+
+    config = model_config(spec["model"], spec["vocab"])
+    if spec["model"] == "tiny":
+        config.tie_word_embeddings = True       # as the synthetic world's base model
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if spec["lora"]:
+        names = module_suffixes(model)
+        targets = [n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "out_proj") if n in names]
+        _, model = apply_lora(model, LoraConfig(r=LORA_RANK, alpha=LORA_ALPHA, dropout=0.0, target_modules=targets))
+    return model.train(), sum(p.numel() for p in model.parameters())
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def _strategy_rank(rank: int, spec: dict, init_file: str, out_dir: str) -> None:
+    """One worker of a strategy measurement (rank ``rank`` of ``spec['workers']``; one process,
+    no process group, for the single-process loop): xalign's own pieces (apply_lora,
+    wrap_fsdp, train_step with its gradient all-reduce or FSDP's reduce-scatter, clipping by
+    the global norm, alignment_loss with the negatives gathered across ranks), exact batches."""
+    import torch
+    import torch.distributed as dist
+
+    from xalign.config.schema import ObjectiveConfig, ScalingConfig
+    from xalign.objectives import alignment_loss
+    from xalign.optim import Dist, make_scheduler, train_step
+    from xalign.train.sharding import wrap_fsdp
+
+    world, cuda = spec["workers"], spec["device"] == "cuda"
+    if not cuda and spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(f"cuda:{rank}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if spec["strategy"] != "single":
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world)
+    result: dict = {}
+    warnings.filterwarnings("ignore", category=FutureWarning)   # transformers' deprecations, once per worker
+    try:
+        with torch.device("meta"):   # import the model's and peft's modules before the memory baseline
+            strategy_model(spec)
+        _reset_peak_rss()
+        base = _rss_mb()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        model, params_total = strategy_model(spec)
+        if spec["strategy"] == "fsdp":
+            scaling = ScalingConfig.model_construct(num_workers=world, strategy="fsdp", cpu_offload=spec["offload"],
+                                                    reshard_after_forward=True, use_gpu=cuda)
+            wrap_fsdp(model, scaling, spec["dtype"], device)
+        else:
+            model.to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        fused = cuda and not spec["offload"]
+        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=fused)
+        scheduler = make_scheduler(optimizer, schedule="constant", warmup_steps=0, max_steps=10**9)
+        objective = ObjectiveConfig(contrastive_weight=1.0, lm_weight=1.5, layer=1, early_exit=True)
+        vocab = model.config.get_text_config().vocab_size
+        batches = [{k: v.to(device) for k, v in exact_batch(spec["batch"], spec["length"], vocab, lm=True,
+                                                            seed=100 * rank + i).items()} for i in range(4)]
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if spec["dtype"] == "bf16" else None
+        per_rank_tokens = spec["batch"] * spec["length"] * 3
+        tokens, seconds, losses = [], [], []
+        for step in range(spec["warmup"] + spec["steps"]):
+            synchronize(spec["device"])
+            start = time.perf_counter()
+            metrics = train_step(model, optimizer, scheduler, [batches[step % len(batches)]],
+                                 lambda m, b: alignment_loss(m, b, objective), step=step + 1, max_grad_norm=1.0,
+                                 dist=Dist.current(), params=params, count_tokens=lambda b: per_rank_tokens,
+                                 autocast=autocast)
+            synchronize(spec["device"])
+            if step >= spec["warmup"]:
+                seconds.append(time.perf_counter() - start)
+                tokens.append(int(metrics["tokens"]))
+            losses.append(metrics["loss"])
+        window = 10 if len(tokens) >= 10 else len(tokens)
+        peak = (torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _peak_rss_mb() - base)
+        result = {"tokens_per_s": windowed_rate(tokens, seconds, window=window, skip=0),
+                  "ms_per_step": 1000 * statistics.median(seconds), "params": params_total,
+                  "trainable": sum(p.numel() for p in params),     # a DTensor's numel is the whole tensor's
+                  "peak_memory_mb": peak, "losses": losses[:3]}
+        if spec["strategy"] != "single":   # every worker's peak memory, and the slowest worker's rate
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, (result["peak_memory_mb"], result["tokens_per_s"]))
+            result["peak_memory_mb_per_worker"] = [g[0] for g in gathered]
+            result["peak_memory_mb"] = max(g[0] for g in gathered)
+            result["tokens_per_s"] = min(g[1] for g in gathered)
+        if rank == 0:
+            Path(out_dir, "result.json").write_text(json.dumps(result))
+    finally:
+        if spec["strategy"] != "single":
+            dist.destroy_process_group()
+
+
+def measure_strategy(spec: dict) -> dict:
+    """One setting of 6.: ``spec['workers']`` processes (torch.multiprocessing, gloo on CPU,
+    NCCL on CUDA), or this process alone for the single-process loop."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="xa-strategy-") as tmp:
+        if spec["strategy"] == "single":
+            _strategy_rank(0, spec, "", tmp)
+        else:
+            mp.spawn(_strategy_rank, args=(spec, str(Path(tmp) / "init"), tmp), nprocs=spec["workers"], join=True)
+        return json.loads(Path(tmp, "result.json").read_text())
+
+
+def mfu(result: dict, peak_tflops: Optional[float]) -> Optional[float]:
+    return 6 * result["params"] * result["tokens_per_s"] / (peak_tflops * 1e12) if peak_tflops else None
+
+
+def strategies(args) -> dict:
+    """6.: the alignment step on one process vs ddp vs fsdp (offload, LoRA) on ``--workers``."""
+    import torch
+
+    cuda = args.device == "cuda"
+    if cuda and torch.cuda.device_count() < args.workers:
+        raise SystemExit(f"--workers {args.workers} needs as many GPUs; this machine has {torch.cuda.device_count()}")
+    peak = args.peak_tflops
+    if cuda and peak is None:
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    cpus = os.cpu_count() or 1
+    vocab = args.vocab
+    if vocab is None:   # the synthetic world's vocabulary for its model's shape, else the preset's own
+        if args.model == "tiny":
+            from transformers import AutoTokenizer
+
+            vocab = len(AutoTokenizer.from_pretrained(world_dir() / "tokenizer"))
+        else:
+            vocab = 0
+    settings = strategy_settings(args)
+    not_measured = [] if cuda else [s["name"] for s in settings if s["offload"]]
+    settings = [s for s in settings if s["name"] not in not_measured]
+    common = {"device": args.device, "dtype": args.dtype, "batch": args.batch, "length": args.length,
+              "steps": args.steps, "warmup": args.warmup, "model": args.model, "vocab": vocab}
+    print(f"machine: {machine(args.device)}")
+    print(f"model: {args.model} (random init{', tied embeddings' if args.model == 'tiny' else ''}, vocabulary "
+          f"{vocab or 'the preset'}); per worker batch {args.batch} pairs + {args.batch} LM rows of exactly "
+          f"{args.length} tokens; contrastive at layer 1 with early exit + 1.5 x LM loss, AdamW, clipping; "
+          f"{args.device} {args.dtype}; {args.warmup} warm-up + {args.steps} timed steps per setting, "
+          f"{args.rounds} round(s)")
+    threads = args.threads or max(1, cpus // args.workers)
+    print(f"\n6. the step on one process vs ddp and fsdp on {args.workers} workers "
+          f"({'one GPU each, NCCL' if cuda else f'torch.multiprocessing + gloo; every process, the single one too, on {threads} thread(s)'})")
+    if not cuda and args.cpu_offload:
+        print("   cpu offload: not measured on CPU (PyTorch's CPUOffloadPolicy moves shards between CPU and a GPU; "
+              "xalign refuses scaling.cpu_offload on a CPU run)")
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict]] = {s["name"]: [] for s in settings}
+    for r in range(args.rounds):
+        for s in settings[r % len(settings):] + settings[: r % len(settings)]:
+            spec = {**common, **s, "kind": "strategy", "threads": 0 if cuda else threads,
+                    "in_process": args.quick}
+            try:
+                runs[s["name"]].append(run_one(spec, fail_ok=True))
+            except MeasurementFailed as exc:
+                runs[s["name"]].append({"error": str(exc)})
+    load_after = os.getloadavg()
+    results: dict = {"machine": machine(args.device), "model": args.model, "vocab": vocab, "workers": args.workers,
+                     "threads": None if cuda else threads,
+                     "peak_tflops": peak, "load_average_before": load_before, "load_average_after": load_after,
+                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                              if k not in ("one", "json")},
+                     "settings": {}, "not_measured": {n: "cpu offload needs a GPU" for n in not_measured}}
+    for s in settings:
+        ok = [m for m in runs[s["name"]] if "error" not in m]
+        if not ok:
+            results["settings"][s["name"]] = {**s, "error": runs[s["name"]][-1]["error"]}
+            continue
+        best = max(ok, key=lambda m: m["tokens_per_s"])    # other load only ever slows a run down
+        results["settings"][s["name"]] = {**s, **best, "rounds_tokens_per_s": [m["tokens_per_s"] for m in ok],
+                                          "mfu": mfu(best, peak)}
+    base = results["settings"].get("single process", {})
+    print(f"   {'setting':<28} {'tokens/s':>10} {'vs single':>9} {'ms/step':>8} {'MFU':>6} "
+          f"{'peak MiB/worker':>15} {'vs single':>9}  rounds (tokens/s)")
+    for name, r in results["settings"].items():
+        if "error" in r:
+            print(f"   {name:<28} failed: {r['error'].splitlines()[-1][:120]}")
+            continue
+        speed = r["tokens_per_s"] / base["tokens_per_s"] if "tokens_per_s" in base else math.nan
+        memory = r["peak_memory_mb"] / base["peak_memory_mb"] if base.get("peak_memory_mb") else math.nan
+        r["tokens_ratio"], r["memory_ratio"] = speed, memory
+        mfu_text = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        print(f"   {name:<28} {r['tokens_per_s']:10,.0f} {speed:8.2f}x {r['ms_per_step']:8.1f} {mfu_text:>6} "
+              f"{r['peak_memory_mb']:15,.0f} {memory:8.2f}x  "
+              + " / ".join(f"{x:,.0f}" for x in r["rounds_tokens_per_s"]))
+    if peak is None:
+        print("   MFU: n/a (no peak FLOP/s known for this device; --peak-tflops gives one)")
+    else:
+        print(f"   MFU = 6 x parameters x tokens/s / {peak:g} TFLOP/s (an upper estimate: the early-exited pair "
+              "tokens and LoRA's frozen weights take less than 6 FLOPs per parameter)")
+    print(f"   peak memory: {'torch.cuda.max_memory_allocated' if cuda else 'the peak RSS above the RSS before the model was built'}"
+          f", the largest over the workers")
+    ratios = {}
+    for lora in ("", ", LoRA"):
+        d, f = (results["settings"].get(f"{s} x {args.workers}{lora}", {}) for s in ("ddp", "fsdp"))
+        if "tokens_per_s" in d and "tokens_per_s" in f:
+            ratios[f"fsdp_over_ddp{lora.replace(', ', '_').lower()}"] = ratio = f["tokens_per_s"] / d["tokens_per_s"]
+            print(f"   -> fsdp{lora} at {100 * ratio:.1f}% of ddp{lora}'s tokens/s on {args.workers} workers "
+                  f"(target: within 15%: {'met' if ratio >= 0.85 else 'NOT met'}); peak memory per worker "
+                  f"{f['peak_memory_mb'] / d['peak_memory_mb']:.2f}x ddp's")
+    results["ratios"] = ratios
+    print(f"   load average before {', '.join(f'{x:.2f}' for x in load_before)}; after "
+          f"{', '.join(f'{x:.2f}' for x in load_after)}")
+    return results
+
+
+class MeasurementFailed(Exception):
+    """A measurement that may fail (e.g. out of memory) failed: its last error lines."""
+
+
+def run_one(spec: dict, *, fail_ok: bool = False) -> dict:
+    """One measurement in a fresh process (its own peak memory), or in this one (--quick).
+    ``fail_ok``: a failure raises MeasurementFailed (the caller records it) instead of exiting."""
     if spec.get("in_process"):
-        return json.loads(json.dumps(measure(spec)))
+        try:
+            return json.loads(json.dumps(measure(spec)))
+        except Exception as exc:   # noqa: BLE001
+            if not fail_ok:
+                raise
+            raise MeasurementFailed(f"{type(exc).__name__}: {exc}") from exc
     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode != 0:
+        if fail_ok:
+            raise MeasurementFailed(proc.stderr[-4000:].strip() or f"exit status {proc.returncode}")
         raise SystemExit(f"measurement {spec['kind']} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -483,6 +743,19 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
     p.add_argument("--skip-ray", action="store_true", help="leave out xalign's Ray Train loop (30 s of start-up)")
+    p.add_argument("--strategy", nargs="+", choices=["ddp", "fsdp"], default=None,
+                   help="6. only: measure these strategies on --workers workers against the single-process loop "
+                        "(default with --lora or --cpu-offload: ddp fsdp)")
+    p.add_argument("--workers", type=int, default=2, help="6.: workers (processes; one GPU each on CUDA)")
+    p.add_argument("--cpu-offload", action="store_true", help="6.: fsdp also with CPU offload (GPU runs only)")
+    p.add_argument("--lora", action="store_true", help=f"6.: every setting also with LoRA (r {LORA_RANK} on the "
+                                                        "attention projections)")
+    p.add_argument("--rounds", type=int, default=2, help="6.: times each setting is measured, in turns (best kept)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="6., CPU: torch threads of every process, the single-process loop's too (default: CPUs / "
+                        "workers, so the workers fill the machine and the baseline is one of them alone)")
+    p.add_argument("--vocab", type=int, default=None,
+                   help="6.: vocabulary of the random model (default: the synthetic world's for tiny)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run in seconds: few steps, no Ray, one process (peak memory not per measurement)")
     p.add_argument("--json", type=Path, default=None)
@@ -499,6 +772,16 @@ def main(argv=None) -> int:
             args.warmup = args.warmup if "--warmup" in (argv or sys.argv) else 1
             args.batch = args.batch if "--batch" in (argv or sys.argv) else 4
         results = large_vocabulary(args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
+    if args.strategy is not None or args.lora or args.cpu_offload:
+        args.strategy = args.strategy or ["ddp", "fsdp"]
+        if args.workers < 1 or args.rounds < 1:
+            raise SystemExit(f"--workers and --rounds must be at least 1, got {args.workers} and {args.rounds}")
+        if args.quick:
+            args.steps, args.warmup, args.batch, args.length, args.rounds = 4, 2, 2, 8, 1
+        results = strategies(args)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0
