@@ -107,3 +107,27 @@ def test_a_refused_run_leaves_no_folder_behind_and_keeps_rays_output_aside(tmp_p
     with console.ray_output(storage / "run-2" / console.LOG_NAME) as out:
         out.line("Started a local Ray instance.", source=None)
     assert "Started a local Ray instance." in (storage / "run-2" / console.LOG_NAME).read_text()
+
+
+def test_rays_output_is_taken_over_even_when_rays_log_handler_holds_a_closed_stream(tmp_path):
+    """A Ray log handler whose stream someone already closed (a finished test's captured
+    stderr, a closed pipe): routing Ray's output must not fail on flushing it, and the handler
+    gets its stream back afterwards."""
+    import io
+    import logging
+
+    from xalign.train import console
+
+    closed = io.StringIO()
+    closed.close()
+    handler = logging.StreamHandler(closed)
+    ray_logger = logging.getLogger("ray")
+    ray_logger.addHandler(handler)
+    try:
+        with console.ray_output(tmp_path / "run" / console.LOG_NAME) as out:
+            assert handler.stream is not closed
+            out.line("Started a local Ray instance.", source=None)
+        assert handler.stream is closed
+    finally:
+        ray_logger.removeHandler(handler)
+    assert "Started a local Ray instance." in (tmp_path / "run" / console.LOG_NAME).read_text()

@@ -258,7 +258,7 @@ def ray_output(log_path: Path, *, relayed: bool = True) -> Iterator[Optional[Ray
     progress.set_stream(console)
     sys.stdout, sys.stderr = _LineWriter(out, "stdout", saved[0]), _LineWriter(out, "stderr", saved[1])
     for h in handlers:
-        h.setStream(sys.stderr)
+        _set_stream(h, sys.stderr)
     refused = False
     try:
         attach()
@@ -273,13 +273,23 @@ def ray_output(log_path: Path, *, relayed: bool = True) -> Iterator[Optional[Ray
                 writer.finish()
         sys.stdout, sys.stderr = saved
         for h, s in zip(handlers, streams):
-            h.setStream(s)
+            _set_stream(h, s)
         progress.close_relayed()
         progress.set_stream(None)
         _active = None
         out.close()
         if refused:
             out.move_aside()
+
+
+def _set_stream(handler: logging.StreamHandler, stream) -> None:
+    """``handler.setStream(stream)``, also when the handler's current stream is already closed
+    (setStream flushes it first): a stream someone else closed (a finished test's captured
+    stderr, a closed pipe) must not stop a run from starting."""
+    try:
+        handler.setStream(stream)
+    except ValueError:
+        handler.stream = stream
 
 
 def _missing_folders(folder: Path) -> list[Path]:
