@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import time
 
 import pytest
 
@@ -54,6 +56,41 @@ def test_a_relayed_worker_line_becomes_the_drivers_display(monkeypatch):
         assert progress.relayed(line, target=driver_out)
     shown = driver_out.getvalue().splitlines()
     assert shown[-1].startswith("train demo: 5/10 step (50%), loss 1.25") and "done in" in shown[-1]
+
+
+class _Terminal(io.StringIO):
+    encoding = "utf-8"   # tqdm draws its unicode blocks, as on a real terminal
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _marker(n: int, elapsed: float, *, final: bool = False) -> str:
+    """A worker's relayed update as xalign.progress writes it (the contract between the two)."""
+    return progress.RELAY_PREFIX + json.dumps({"id": "w-1", "desc": "train tty", "n": n, "total": 12, "unit": "step",
+                                               "fields": {"loss": 2.5}, "final": final, "elapsed": elapsed,
+                                               "initial": 0})
+
+
+def test_a_short_runs_relayed_updates_all_reach_the_drivers_terminal_bar(monkeypatch):
+    """Issue 17's terminal bug: a run of 12 fast steps relays its first update (0/12) and,
+    well under a second later, its last (12/12). On a terminal the driver's tqdm bar must end
+    at 12/12. tqdm's mininterval (0.25 s) dropped the in-between draws, and its close() drew
+    nothing because the bar's start, moved back to the worker's clock, fell after its only draw
+    (the last line came later after the worker's start than the first one had): the bar stayed
+    at 0/12."""
+    monkeypatch.delenv("XALIGN_PROGRESS", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    screen = _Terminal()
+    assert progress.relayed(_marker(0, 0.0), target=screen)
+    time.sleep(0.05)     # the later lines arrive 0.05 s after the first, having taken 0.01-0.02 s on the worker
+    assert progress.relayed(_marker(5, 0.01), target=screen)
+    assert "5/12" in screen.getvalue()                              # each relayed update is drawn
+    assert progress.relayed(_marker(12, 0.02, final=True), target=screen)
+    drawn = screen.getvalue()
+    assert re.search(r"train tty: 100%\|█+\| 12/12 \[", drawn), drawn
+    assert drawn.endswith("\n"), drawn                              # closed: the next line starts below it
+    assert not progress._relayed_bars
 
 
 def test_forced_off_prints_nothing_and_notes_still_print(monkeypatch):

@@ -119,7 +119,7 @@ class Bar:
 
     def __init__(self, desc: str, total: Optional[float] = None, unit: str = "it", *,
                  target: Optional[TextIO] = None, mode: Optional[str] = None, initial: float = 0,
-                 relay: bool = False, relay_id: Optional[str] = None):
+                 relay: bool = False, relay_id: Optional[str] = None, every_update: bool = False):
         worker = mode is None and target is None and in_ray_worker()
         self.desc, self.total, self.unit = desc, total, unit
         self.target = target or (sys.stdout if worker else stream())
@@ -134,8 +134,13 @@ class Bar:
         if self.mode == "bars":
             from tqdm import tqdm
 
+            # every_update (a relayed bar, whose worker already sends at most one update a second):
+            # draw each update. tqdm's own throttle (mininterval, and miniters, which it grows from
+            # the rate it has seen) would drop them: a short run's only updates, its first and its
+            # last, often come within 0.25 s of each other on the driver.
             self._tqdm = tqdm(total=total, desc=desc, unit=unit, file=self.target, dynamic_ncols=True, initial=initial,
-                              smoothing=0.1, mininterval=0.25)
+                              smoothing=0.1, mininterval=0 if every_update else 0.25,
+                              miniters=0 if every_update else None)
         self._emit(force=True)
 
     def update(self, n: float = 1, **fields: Any) -> None:
@@ -256,12 +261,17 @@ def relayed(line: str, *, target: Optional[TextIO] = None) -> bool:
         shown = _relayed_bars.get(key)
         if shown is None:
             shown = _relayed_bars[key] = Bar(str(data.get("desc", "")), data.get("total"), str(data.get("unit", "it")),
-                                             target=target or stream(), initial=data.get("n") or 0)
+                                             target=target or stream(), initial=data.get("n") or 0, every_update=True)
         if isinstance(data.get("elapsed"), (int, float)):   # the worker's clock: rate and time left as it sees them
             shown.start = time.monotonic() - data["elapsed"]
             shown.initial = data.get("initial") or 0
             if shown._tqdm is not None:
-                shown._tqdm.start_t = time.time() - data["elapsed"]
+                # tqdm's close() draws the last state only when the bar was drawn after start_t
+                # (last_print_t >= start_t): moved to the worker's start, start_t can fall after the
+                # last draw when this line came later after its worker's start than the first one
+                # did; then close() drew nothing and the bar stayed at its first state (0/12).
+                # Each update below draws (every_update), so last_print_t moves past start_t.
+                shown._tqdm.start_t = time.time() - max(0.0, data["elapsed"])
         shown.set(data.get("n"), total=data.get("total"), **(data.get("fields") or {}))
         if data.get("final"):
             shown.close()

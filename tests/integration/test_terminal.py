@@ -46,9 +46,6 @@ def _ray_log(output: str) -> Path:
     return Path(match.group(1))
 
 
-@pytest.mark.xfail(strict=False, reason="known bug (issue 17): on an idle machine the relayed training bar of rank 0 "
-                   "often stays at 0/12 on a terminal (its updates do not reach the driver's tqdm display); "
-                   "seen failing 3 times in 4 after the session's last changes, passed in the full CI run")
 def test_a_terminal_shows_progress_bars_and_no_ray_chatter(ray_cluster, tiny_world, tiny_world_overrides, tmp_path):
     pexpect = pytest.importorskip("pexpect")
     transcript = io.StringIO()
