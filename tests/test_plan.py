@@ -97,6 +97,51 @@ def test_xalign_plan_prints_the_numbers_and_refuses_what_does_not_fit(tiny_model
     assert refused.returncode == 1, refused.stdout + refused.stderr
     out = refused.stdout
     assert "REFUSED: the memory plan needs" in out and f"{limit:.1f} GiB" in out
+    # the plan once, before the refusal (the refusal used to repeat it)
+    assert out.count("memory plan per worker:") == 1 and out.count("  weights ") == 1, out
+    assert out.index("  total ") < out.index("REFUSED:")
     assert "changes that would fit:" in out
     assert "scaling.strategy=fsdp scaling.cpu_offload=true" in out and "model.lora" in out
     assert "fsdp on 2 workers" in out or "fsdp on 4 workers" in out
+
+
+def test_cpu_run_over_the_node_memory_is_refused_with_the_numbers_and_knobs(tmp_path, capfd):
+    """A CPU run (no GPU keys) whose plan exceeds this node's memory: check_memory, what
+    prepare_data calls before Ray starts, refuses it naming the node's memory, the plan's
+    total and the single changes that fit; the plan is printed once, the error does not repeat
+    it. The model is a config only (Llama-2-7B's block shape, as many blocks as make ddp's 16
+    bytes per parameter 1.5x this node's memory): built on the meta device, nothing allocated."""
+    import math
+
+    from transformers import LlamaConfig
+
+    from xalign.config import load_run
+    from xalign.train.plan import MemoryPlanError, check_memory
+
+    hidden, inter, vocab = 4096, 11008, 32000
+    block = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
+    node = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    layers = math.ceil(1.5 * node / (16 * block))
+    params = 2 * vocab * hidden + layers * block + hidden       # untied embedding and head, final norm
+    folder = tmp_path / "big"
+    LlamaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=32,
+                num_key_value_heads=32, intermediate_size=inter, tie_word_embeddings=False).save_pretrained(folder)
+    cfg = load_run(run_file(tmp_path, folder))
+    assert not cfg.scaling.use_gpu and cfg.scaling.num_workers == 1
+    with pytest.raises(MemoryPlanError) as refused:
+        check_memory(cfg)
+    message = str(refused.value)
+    needed = float(message.split("needs ")[1].split(" GiB")[0])
+    # ddp: fp32 weights and gradients, AdamW's two moments (16 bytes per parameter), + activations
+    assert 16 * params / GiB <= needed <= 1.05 * 16 * params / GiB
+    assert needed * GiB > node
+    assert f"a CPU worker's share of this node's memory ({node / GiB:.0f} GiB / 1) has {node / GiB:.1f} GiB" in message
+    assert "changes that would fit:" in message and "model.lora" in message
+    # on CPU: no offload (it needs a GPU) and no more workers on this node (they share its memory)
+    assert "cpu_offload" not in message and "fsdp on" not in message
+    assert "memory plan per worker" not in message and "  weights " not in message
+    err = capfd.readouterr().err
+    assert err.count("memory plan per worker: ddp x 1 worker(s), fp32") == 1, err
+    assert err.count("  weights ") == 1 and "limit: " in err
+    rows = lines_of(err)
+    assert rows["weights"].endswith(gib(4 * params)) and rows["optimizer"].endswith(gib(8 * params)), rows

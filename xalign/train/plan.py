@@ -148,7 +148,9 @@ def knobs_from_config(cfg, shape: ModelShape, *, workers: Optional[int] = None) 
 
 
 def fitting_knobs(shape: ModelShape, knobs: Knobs, limit: float, *, gpu: bool) -> list[str]:
-    """Single changes to ``knobs`` whose plan fits ``limit`` bytes, as readable lines."""
+    """Single changes to ``knobs`` whose plan fits ``limit`` bytes, as readable lines. On CPU
+    ``limit`` is a worker's share of this node's memory: a change to n workers shares the
+    node n ways (``limit`` x workers / n), so more workers on one node never fit by themselves."""
     options = []
     for n in (2, 4, 8, 16, 32, 64):
         if n > knobs.workers:
@@ -169,7 +171,8 @@ def fitting_knobs(shape: ModelShape, knobs: Knobs, limit: float, *, gpu: bool) -
     out, more_workers = [], False
     for text, option in options:
         plan = memory_plan(shape, option)
-        if plan.device_total <= limit and not (more_workers and text.startswith("fsdp on")):
+        allowed = limit if gpu else limit * knobs.workers / option.workers
+        if plan.device_total <= allowed and not (more_workers and text.startswith("fsdp on")):
             more_workers = more_workers or text.startswith("fsdp on")   # the fewest workers that fit
             out.append(f"{text}: {plan.device_total / GiB:.1f} GiB per worker")
     return out
@@ -177,13 +180,14 @@ def fitting_knobs(shape: ModelShape, knobs: Knobs, limit: float, *, gpu: bool) -
 
 def check_plan(plan: Plan, shape: ModelShape, *, limit: Optional[float], what: str) -> Optional[str]:
     """None when the plan fits ``limit`` bytes (or no limit is known), else the refusal text:
-    the numbers and the single changes that would fit."""
+    the totals and the single changes that would fit (not the plan's lines: every caller
+    prints the plan itself, once, before the refusal)."""
     if limit is None or plan.device_total <= limit:
         return None
     gpu = what.startswith("GPU")
     fits = fitting_knobs(shape, plan.knobs, limit, gpu=gpu)
     return "\n".join([f"the memory plan needs {plan.device_total / GiB:.1f} GiB per worker but a {what} has "
-                      f"{limit / GiB:.1f} GiB:", *plan.lines(),
+                      f"{limit / GiB:.1f} GiB.",
                       "changes that would fit:" if fits else "no single change fits; combine them (e.g. fsdp on more "
                       "workers with LoRA and gradient checkpointing)", *[f"  - {f}" for f in fits]])
 
@@ -265,7 +269,8 @@ class MemoryPlanError(XalignError, ValueError):
 
 
 def check_memory(cfg, world_dir=None) -> Plan:
-    """Print the run's plan; refuse (MemoryPlanError) a run that does not fit. Also checks
+    """Print the run's plan; refuse (MemoryPlanError: the totals and the knobs, the plan
+    having been printed just before) a run that does not fit. Also checks
     ``model.lora``'s module names against the model (ModelLoadError naming the key)."""
     plan, _, refusal = run_plan(cfg, world_dir)
     for line in plan.lines():
