@@ -105,6 +105,19 @@ def test_xalign_plan_prints_the_numbers_and_refuses_what_does_not_fit(tiny_model
     assert "fsdp on 2 workers" in out or "fsdp on 4 workers" in out
 
 
+def test_frozen_parameters_have_no_gradients_and_no_optimizer_state_in_the_plan(tiny_model, tmp_path):
+    """model.freeze (here the tied embedding table) takes its parameters out of the gradient
+    and AdamW lines; the fp32 weights stay whole."""
+    frozen = plan_cli(run_file(tmp_path, tiny_model), "model.freeze.embeddings=true")
+    assert frozen.returncode == 0, frozen.stderr
+    rows = lines_of(frozen.stdout)
+    trainable = PARAMS - VOCAB * H
+    assert f"{VOCAB * H:,} frozen (model.freeze)" in frozen.stdout
+    assert rows["weights"].endswith(gib(4 * PARAMS)), rows["weights"]
+    assert rows["gradients"].endswith(gib(4 * trainable)), rows["gradients"]
+    assert rows["optimizer"].endswith(gib(8 * trainable)), rows["optimizer"]
+
+
 def test_cpu_run_over_the_node_memory_is_refused_with_the_numbers_and_knobs(tmp_path, capfd):
     """A CPU run (no GPU keys) whose plan exceeds this node's memory: check_memory, what
     prepare_data calls before Ray starts, refuses it naming the node's memory, the plan's

@@ -116,7 +116,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     world_dir = run_world(cfg) if cfg.model.name_or_path == "world" else None
     plan, shape, refusal = run_plan(cfg, world_dir)
     print(f"{cfg.model.name_or_path}: {shape.params:,} parameters, {shape.layers} blocks, hidden {shape.hidden}, "
-          f"vocabulary {shape.vocab:,}" + (f", {shape.lora_params:,} LoRA parameters" if cfg.model.lora else ""))
+          f"vocabulary {shape.vocab:,}" + (f", {shape.lora_params:,} LoRA parameters" if cfg.model.lora else "")
+          + (f", {shape.frozen_params:,} frozen (model.freeze)" if shape.frozen_params and not cfg.model.lora else ""))
     print("\n".join(plan.lines()))
     if refusal:
         print(f"REFUSED: {refusal}")

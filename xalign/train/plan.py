@@ -10,7 +10,8 @@ Accounting (per worker, bytes):
   bf16 parameter policy). ddp: all of it. fsdp: 1/W of it, plus the gathered copies in
   flight in the compute dtype: two decoder blocks (the running one and the prefetched one)
   and the embedding group (tied head). With ``cpu_offload`` the shards live in CPU memory.
-- gradients: fp32, trainable parameters only (LoRA: the adapters); fsdp: 1/W, plus one
+- gradients: fp32, trainable parameters only (LoRA: the adapters; else all but what
+  ``model.freeze`` freezes); fsdp: 1/W, plus one
   gathered block's gradients in flight.
 - optimizer: AdamW's two fp32 moments per trainable parameter; fsdp: 1/W; offload: CPU.
 - activations: what the backward keeps, per decoder block and row (Korthikanti et al. 2022,
@@ -42,6 +43,7 @@ class ModelShape:
     block_params: int       # one decoder block
     embedding_params: int   # the input embedding (tied: also the head)
     lora_params: int = 0    # adapters + modules_to_save under model.lora, else 0
+    frozen_params: int = 0  # parameters model.freeze takes out of training (no gradient, no AdamW state)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Plan:
 def memory_plan(shape: ModelShape, knobs: Knobs) -> Plan:
     k = knobs
     compute = 2 if k.dtype == "bf16" else 4
-    trainable = shape.lora_params if k.lora else shape.params
+    trainable = shape.lora_params if k.lora else shape.params - shape.frozen_params
     w = k.workers if k.strategy == "fsdp" else 1
     master = 4 * (shape.params + (shape.lora_params if k.lora else 0))
     gradients = 4 * trainable / w
@@ -204,10 +206,10 @@ def model_shape(model_cfg, world_dir=None) -> ModelShape:
     config = AutoConfig.from_pretrained(name, trust_remote_code=model_cfg.trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
-    return shape_of(model, model_cfg.lora)
+    return shape_of(model, model_cfg.lora, model_cfg.freeze)
 
 
-def shape_of(model, lora_cfg=None) -> ModelShape:
+def shape_of(model, lora_cfg=None, freeze_cfg=None) -> ModelShape:
     from torch import nn
 
     from xalign.model.forward import decoder_blocks
@@ -226,11 +228,21 @@ def shape_of(model, lora_cfg=None) -> ModelShape:
                 lora += lora_cfg.r * (module.in_features + module.out_features)
             if suffixes & set(lora_cfg.modules_to_save):
                 lora += sum(p.numel() for p in module.parameters())
+    frozen = 0
+    if freeze_cfg is not None and (freeze_cfg.embeddings or freeze_cfg.params):
+        from xalign.model.freeze import embedding_parameter_names, frozen_names
+
+        named = dict(model.named_parameters())
+        names = frozen_names(named, embedding_names=embedding_parameter_names(model),
+                             embeddings=freeze_cfg.embeddings, patterns=freeze_cfg.params,
+                             model_name=type(model).__name__)
+        frozen = sum(named[n].numel() for n in names)
     heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", 1)
     return ModelShape(params=sum(p.numel() for p in model.parameters()), layers=len(blocks),
                       hidden=int(text.hidden_size), heads=int(heads), vocab=int(text.vocab_size),
                       block_params=sum(p.numel() for p in blocks[0].parameters()),
-                      embedding_params=model.get_input_embeddings().weight.numel(), lora_params=lora)
+                      embedding_params=model.get_input_embeddings().weight.numel(), lora_params=lora,
+                      frozen_params=frozen)
 
 
 def memory_limits(cfg) -> tuple[Optional[float], str]:
