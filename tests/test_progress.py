@@ -58,6 +58,22 @@ def test_a_relayed_worker_line_becomes_the_drivers_display(monkeypatch):
     assert shown[-1].startswith("train demo: 5/10 step (50%), loss 1.25") and "done in" in shown[-1]
 
 
+def test_a_relayed_bar_shows_the_description_its_worker_moved_on_to(monkeypatch):
+    """score_shard names the task and language it is scoring (set_description): the driver's
+    display follows, to the last line."""
+    monkeypatch.setenv("XALIGN_PROGRESS_INTERVAL", "0")
+    worker_out = io.StringIO()
+    with progress.bar("dev eval", total=4, unit="item", mode="relay", target=worker_out) as p:
+        p.set_description("dev eval xcopa/en")
+        p.update(2)
+        p.set_description("dev eval xcopa/sw")
+        p.update(2)
+    driver_out = io.StringIO()
+    for line in worker_out.getvalue().splitlines():
+        assert progress.relayed(line, target=driver_out)
+    assert driver_out.getvalue().splitlines()[-1].startswith("dev eval xcopa/sw: 4/4 item (100%)")
+
+
 class _Terminal(io.StringIO):
     encoding = "utf-8"   # tqdm draws its unicode blocks, as on a real terminal
 

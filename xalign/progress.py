@@ -272,6 +272,8 @@ def relayed(line: str, *, target: Optional[TextIO] = None) -> bool:
                 # did; then close() drew nothing and the bar stayed at its first state (0/12).
                 # Each update below draws (every_update), so last_print_t moves past start_t.
                 shown._tqdm.start_t = time.time() - max(0.0, data["elapsed"])
+        if data.get("desc") is not None and str(data["desc"]) != shown.desc:   # e.g. the task/language now scored
+            shown.set_description(str(data["desc"]))
         shown.set(data.get("n"), total=data.get("total"), **(data.get("fields") or {}))
         if data.get("final"):
             shown.close()

@@ -60,7 +60,7 @@ def test_a_terminal_shows_progress_bars_and_no_ray_chatter(ray_cluster, tiny_wor
     child.close()
     seen = transcript.getvalue()
     assert child.exitstatus == 0, seen[-3000:]
-    assert re.search(r"final eval, trained model: 100%\|█+\|", seen), seen[-3000:]
+    assert re.search(r"final eval, trained model[^:\n]*: 100%\|█+\|", seen), seen[-3000:]
     assert not RAY_LINES.search(seen), RAY_LINES.search(seen).group(0)
     assert "TrainController" in _ray_log(seen).read_text(encoding="utf-8")
 
@@ -72,10 +72,12 @@ def test_a_pipe_gets_plain_progress_lines_and_no_ray_chatter(ray_cluster, tiny_w
     assert proc.returncode == 0, output[-4000:]
     assert not BAR.search(output) and "\r" not in output, output[-2000:]
     assert not RAY_LINES.search(output), RAY_LINES.search(output).group(0)
-    # Plain progress lines: the training run from the worker (relayed), the final evaluation.
+    # Plain progress lines: the training run and its periodic evaluations from the worker
+    # (relayed), the final evaluation.
     assert re.search(r"^train pipe: 12/12 step \(100%\), loss [\d.]+, lm [\d.]+, ctr [\d.]+, tok_s [\d.k]+, .*done in",
                      proc.stderr, re.M), proc.stderr
-    assert re.search(r"^final eval, trained model: \d+/\d+ item \(100%\), .*done in", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^final eval, trained model[^:]*: \d+/\d+ item \(100%\), .*done in", proc.stderr, re.M), proc.stderr
+    assert re.search(r"^dev eval [^:]*: \d+/\d+ item \(100%\), .*done in", proc.stderr, re.M), proc.stderr
     # Ray's output is all in the log file it names, the alarming C++ line included.
     log = _ray_log(proc.stderr)
     assert log == tmp_path / "results" / "pipe" / "ray_output.log"

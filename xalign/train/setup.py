@@ -217,10 +217,13 @@ def setup_evaluation(config: dict, run: Run) -> Optional[Callable[[Any], dict[st
             copy = unsharded_model(model, run.peft)
             if copy is None:
                 return {}
-            result = evaluate(copy, run.tokenizer, cfg.eval, target, split="dev", prefix="dev", items=items)
+            result = evaluate(copy, run.tokenizer, cfg.eval, target, split="dev", prefix="dev", items=items,
+                              label="dev eval", relay=True)
             return {k: v for k, v in result.metrics.items() if "/layer" not in k}
+        # rank 0's share shows progress on the driver's console (a periodic evaluation of a real
+        # model takes minutes, during which the training bar does not move)
         part = score_shard(model, run.tokenizer, items, batch_size=cfg.eval.batch_size,
-                           shard=(dist.rank, dist.world_size))
+                           shard=(dist.rank, dist.world_size), label="dev eval", relay=dist.rank == 0)
         parts = [part]
         if dist.world_size > 1:
             parts = [None] * dist.world_size
