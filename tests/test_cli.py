@@ -59,3 +59,18 @@ def test_train_with_a_bad_config_fails_before_starting_anything(tmp_path):
     res = xalign("train", str(REPO / "configs/runs/afp-synthetic.yaml"), "optim.batch_size=1", cwd=tmp_path)
     assert res.returncode == 1 and "at least 2 pairs in the global batch" in res.stderr
     assert list(tmp_path.iterdir()) == []          # no mlflow.db, no ray_results
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_the_sigint_status(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (here raised inside the command) is not an error: no traceback, status 130."""
+    from xalign import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_cmd_validate", interrupted)
+    path = tmp_path / "run.yaml"
+    path.write_text("name: x\n")
+    assert cli.main(["validate", str(path)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "xalign validate: interrupted (Ctrl-C)" and "Traceback" not in err

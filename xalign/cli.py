@@ -283,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"xalign {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C is the user's choice, not an error: one line, no traceback (--debug shows it),
+        # and the shell's exit status for SIGINT.
+        if args.debug:
+            raise
+        print(f"\nxalign {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
