@@ -22,6 +22,7 @@ evaluation and users load a checkpoint like any other.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -82,18 +83,32 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def _with_objective(model: nn.Module, objective: Optional[nn.Module]) -> nn.Module:
+    """What the optimizer trains, as one module: the model, or with the objective's learnable
+    parameters (``objective.learn_temperature``: in the optimizer, not in the model) the two
+    side by side, so that torch.distributed.checkpoint finds a name for every optimizer
+    parameter (it fails with a KeyError on the temperature otherwise)."""
+    if objective is None or not any(True for _ in objective.parameters()):
+        return model
+    return nn.ModuleDict({"model": model, "objective": objective})
+
+
+def save_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 objective: Optional[nn.Module] = None) -> None:
     """Every rank writes its shard of the model and optimizer state to ``directory/sharded``."""
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    module = _with_objective(model, objective)
+    state = {"model": get_model_state_dict(module), "optim": get_optimizer_state_dict(module, optimizer)}
     dcp.save(state, checkpoint_id=str(Path(directory) / SHARDED_DIR))
 
 
-def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def load_sharded(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 objective: Optional[nn.Module] = None) -> None:
     """Load ``directory/sharded`` into the wrapped model and its optimizer (any worker count)."""
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+    module = _with_objective(model, objective)
+    state = {"model": get_model_state_dict(module), "optim": get_optimizer_state_dict(module, optimizer)}
     dcp.load(state, checkpoint_id=str(Path(directory) / SHARDED_DIR))
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, optimizer, state["optim"])
+    set_model_state_dict(module, state["model"])
+    set_optimizer_state_dict(module, optimizer, state["optim"])
 
 
 def save_scaled(directory: Path, *, model, peft_model, tokenizer, optimizer, scheduler, objective: nn.Module,
@@ -108,7 +123,7 @@ def save_scaled(directory: Path, *, model, peft_model, tokenizer, optimizer, sch
 
     directory = Path(directory)
     if is_sharded(model):
-        save_sharded(directory, model, optimizer)
+        save_sharded(directory, model, optimizer, objective)
     full = full_state_dict(model)
     if rank != 0:
         return
@@ -139,7 +154,7 @@ def load_scaled(directory: Path, *, model, peft_model, optimizer, scheduler, obj
     directory = Path(directory)
     state = torch.load(directory / STATE_FILE, weights_only=True, map_location="cpu")
     if is_sharded(model):
-        load_sharded(directory, model, optimizer)
+        load_sharded(directory, model, optimizer, objective)
     else:
         from peft import set_peft_model_state_dict
 
