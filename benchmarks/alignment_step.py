@@ -32,6 +32,18 @@ vs xalign's (early exit, LM head at the response tokens, ``model.freeze.embeddin
 each change alone. Same loss at the first step (printed); tokens/s from the median step.
 
     python benchmarks/alignment_step.py --model gemma3-270m            # CPU, batch 4 x 32, ~3 min
+
+``--strategy ddp fsdp [--workers 2] [--lora] [--cpu-offload]`` measures instead (6.) the
+step (contrastive at layer 1 with early exit + 1.5 x LM loss, AdamW, clipping; exact batches
+per worker) on one process against ``scaling.strategy`` ddp and fsdp on ``--workers``
+processes (torch.multiprocessing: gloo on CPU, NCCL and one GPU each on CUDA), each also with
+LoRA and fsdp also with CPU offload (GPU only): tokens/s, MFU and peak memory per worker,
+each as a ratio to the single process of the same run. xalign's own pieces run: apply_lora,
+wrap_fsdp, train_step (its all-reduce, or FSDP's reduce-scatter) and alignment_loss.
+
+    python benchmarks/alignment_step.py --strategy ddp fsdp --lora              # CPU, 2 workers, ~3 min
+    python benchmarks/alignment_step.py --strategy ddp fsdp --lora --cpu-offload --device cuda --dtype bf16 \
+        --model xglm-564m --workers 8 --batch 4 --length 512
 """
 
 from __future__ import annotations
