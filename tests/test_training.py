@@ -135,6 +135,19 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_world, tiny_wor
     assert (tmp_path / "ckpt" / "model" / "tokenizer.json").is_file()
 
 
+def test_every_rank_starts_from_the_same_lora_adapters(tiny_world, tiny_world_overrides):
+    """LoRA's A matrices are drawn at random: under ddp (own all-reduce, no broadcast) rank 1
+    must draw the same ones as rank 0, or the replicas train different models."""
+    pytest.importorskip("peft")
+    _, world_dir = tiny_world
+    cfg = run_config(tiny_world_overrides, "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]")
+    ranks = [setup_run(cfg, str(world_dir), Dist(rank, 2), CPU) for rank in (0, 1)]
+    adapters = [{k: v for k, v in params_of(run.model).items() if "lora_A" in k} for run in ranks]
+    assert adapters[0] and adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+    assert any(adapters[0][k].abs().sum() > 0 for k in adapters[0])
+
+
 def _rank_main(rank, world_size, port, cfg_json, world_dir, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)

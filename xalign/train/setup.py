@@ -25,8 +25,12 @@ from xalign.train.sharding import is_sharded, load_scaled, save_scaled, unsharde
 
 
 def setup_run(cfg: RunConfig, world_dir: Optional[str], dist: Dist, device: torch.device) -> "Run":
-    torch.manual_seed(cfg.seed + dist.rank)
+    # Every rank builds the same model: LoRA's adapters are drawn at random, and under ddp
+    # nothing else would make the replicas equal. Then each rank its own stream (dropout).
+    torch.manual_seed(cfg.seed)
     model, tokenizer, peft_model = setup_model(cfg, world_dir, device)
+    if dist.rank:
+        torch.manual_seed(cfg.seed + dist.rank)
     layers = tuple(model_layers(model, cfg.objective.layer))   # a layer the model lacks fails before the data
     learned = LearnableTemperature(cfg.objective.temperature).to(device) if cfg.objective.learn_temperature \
         else torch.nn.Module()
