@@ -89,7 +89,6 @@ def fsdp(model, reshard=True):
 
 
 def _worker(rank, world, init_file, out_dir, mode):
-    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
     from xalign.train.sharding import full_state_dict, load_sharded, save_sharded
@@ -118,14 +117,17 @@ def _worker(rank, world, init_file, out_dir, mode):
             load_sharded(os.path.join(out_dir, "ckpt"), resumed, opt2)
             results["resumed"] = train(resumed, rank, world, steps=[2], optimizer=opt2)[0]
             # 2. early exit gathers only the blocks it runs (kept gathered: reshard off)
-            probe = fsdp(tiny_model(), reshard=False)
-            for module in probe.modules():   # the set-up forward (one token, all blocks) left them gathered
-                if isinstance(module, FSDPModule):
-                    module.reshard()
+            probe = fsdp(tiny_model(), reshard=False)   # wrap_fsdp reshards what its set-up forward gathered
+            results["probe_sharded"] = all(isinstance(block.self_attn.q_proj.weight, DTensor)
+                                           for block in probe.model.layers)
             contrastive_only = OBJECTIVE.model_copy(update={"lm_weight": 0.0})
             alignment_loss(probe, micro_batch(0, 0, rank, world), contrastive_only)
             results["gathered_blocks"] = [not isinstance(block.self_attn.q_proj.weight, DTensor)
                                           for block in probe.model.layers]
+            # 2b. reshard_after_forward off trains as on (its AdamW step crashed, SIGSEGV)
+            kept = fsdp(tiny_model(), reshard=False)
+            results["no_reshard"] = train(kept, rank, world)[0]
+            results["no_reshard_params"] = full_state_dict(kept)
             # 3. LoRA under fsdp
             _, lora = lora_model()
             lora = fsdp(lora)
@@ -185,6 +187,15 @@ def test_fsdp_two_ranks_match_one_process(ranks):
 def test_early_exit_gathers_only_the_blocks_it_runs(ranks):
     _, results = ranks
     assert results[0]["gathered_blocks"] == [True, False, False, False]
+
+
+def test_fsdp_without_reshard_after_forward_matches_one_process(ranks):
+    """scaling.reshard_after_forward=false: training starts from the sharded state (wrap_fsdp
+    reshards after its set-up forward) and takes the single process's steps."""
+    _, results = ranks
+    assert results[0]["probe_sharded"]
+    ref_losses, ref_params = single_process(tiny_model())
+    assert_same_run(results[0]["no_reshard"], results[0]["no_reshard_params"], ref_losses, ref_params)
 
 
 def test_fsdp_lora_two_ranks_match_one_process(ranks):

@@ -72,6 +72,12 @@ def wrap_fsdp(model: nn.Module, scaling: ScalingConfig, dtype: str, device: torc
     fully_shard(model, **common)
     with torch.no_grad():
         model(input_ids=torch.ones(1, 1, dtype=torch.long, device=device), use_cache=False)
+    # With reshard_after_forward=False that forward leaves every group gathered, and nothing
+    # reshards it before the optimizer is built on the parameters (AdamW's first step then
+    # crashed, SIGSEGV on gloo): start training from the sharded state, as after a backward.
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
     return model
 
 
