@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
 
@@ -184,3 +185,22 @@ def test_rays_output_is_taken_over_even_when_rays_log_handler_holds_a_closed_str
     finally:
         ray_logger.removeHandler(handler)
     assert "Started a local Ray instance." in (tmp_path / "run" / console.LOG_NAME).read_text()
+
+
+def test_a_terminal_that_reports_no_size_still_shows_the_bar(monkeypatch):
+    """A pty nobody sized (0 x 0: `script` started from a pipe, some CI runners) made tqdm hide
+    every bar; xalign then draws at a fixed size ($COLUMNS / $LINES, else 80 x 24)."""
+    monkeypatch.delenv("XALIGN_PROGRESS", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    master, slave = os.openpty()
+    try:
+        terminal = os.fdopen(slave, "w", encoding="utf-8", closefd=False)
+        assert terminal.isatty() and os.get_terminal_size(slave).lines == 0
+        with progress.bar("size", total=3, unit="step", target=terminal) as shown:
+            shown.update(3)
+        terminal.flush()
+        drawn = os.read(master, 65536).decode("utf-8", "replace")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "size: 100%|" in drawn and "3/3" in drawn, drawn

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -69,6 +70,14 @@ def mode_for(target: TextIO) -> str:
         return "bars" if target.isatty() and os.environ.get("TERM") != "dumb" else "lines"
     except (AttributeError, ValueError):
         return "lines"
+
+
+def _columns(target: TextIO) -> int:
+    """The width of the terminal ``target`` writes to; 0 when it reports none."""
+    try:
+        return os.get_terminal_size(target.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def quiet_library_bars() -> None:
@@ -138,7 +147,13 @@ class Bar:
             # draw each update. tqdm's own throttle (mininterval, and miniters, which it grows from
             # the rate it has seen) would drop them: a short run's only updates, its first and its
             # last, often come within 0.25 s of each other on the driver.
-            self._tqdm = tqdm(total=total, desc=desc, unit=unit, file=self.target, dynamic_ncols=True, initial=initial,
+            # A terminal that reports a size of 0 x 0 (a pty nobody sized: `script` run from a
+            # pipe, some CI runners and editor shells) makes tqdm hide every bar (0 rows): then a
+            # fixed size, from $COLUMNS / $LINES or 80 x 24, instead of the terminal's.
+            sized = _columns(self.target) > 0
+            fixed = None if sized else shutil.get_terminal_size((80, 24))
+            self._tqdm = tqdm(total=total, desc=desc, unit=unit, file=self.target, dynamic_ncols=sized,
+                              ncols=fixed and fixed.columns, nrows=fixed and fixed.lines, initial=initial,
                               smoothing=0.1, mininterval=0 if every_update else 0.25,
                               miniters=0 if every_update else None)
         self._emit(force=True)
