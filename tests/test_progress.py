@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import select
 import time
 
 import pytest
@@ -199,7 +200,10 @@ def test_a_terminal_that_reports_no_size_still_shows_the_bar(monkeypatch):
         with progress.bar("size", total=3, unit="step", target=terminal) as shown:
             shown.update(3)
         terminal.flush()
-        drawn = os.read(master, 65536).decode("utf-8", "replace")
+        drawn, deadline = "", time.monotonic() + 5
+        while "3/3" not in drawn and time.monotonic() < deadline:   # the pty hands the bytes over shortly
+            if select.select([master], [], [], 0.1)[0]:
+                drawn += os.read(master, 65536).decode("utf-8", "replace")
     finally:
         os.close(master)
         os.close(slave)
