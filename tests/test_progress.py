@@ -208,3 +208,28 @@ def test_a_terminal_that_reports_no_size_still_shows_the_bar(monkeypatch):
         os.close(master)
         os.close(slave)
     assert "size: 100%|" in drawn and "3/3" in drawn, drawn
+
+
+def test_a_sweep_bar_shows_the_average_pace_not_the_last_gap(monkeypatch):
+    """The sweep's bar is refreshed (running/pending) between trials; with tqdm's moving
+    average the first trial, done after 81 s, showed '3.57 trial/s, 3 s left' (the gap since
+    the last refresh). smoothing=0, as the sweep uses: the average since the start."""
+    import tqdm.std
+
+    monkeypatch.delenv("XALIGN_PROGRESS", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    clock = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: clock[0])
+    shown = {}
+    for smoothing in (0.1, 0):
+        clock[0] = 1000.0
+        bar = progress.bar("sweep s", total=14, unit="trial", target=_Terminal(), smoothing=smoothing)
+        for t in (10, 20, 40, 80.72):          # refreshes: trials running, none done
+            clock[0] = 1000 + t
+            bar.update(0, running=2)
+        clock[0] = 1081.0
+        bar.update(1)
+        shown[smoothing] = re.search(r"1/14 \[[^\]]*\]", str(bar._tqdm)).group(0)
+        bar.close()
+    assert "81.00s/trial" in shown[0] and "17:33" in shown[0], shown    # 13 trials x 81 s left
+    assert "trial/s" in shown[0.1], shown                              # what the sweep showed before

@@ -128,7 +128,8 @@ class Bar:
 
     def __init__(self, desc: str, total: Optional[float] = None, unit: str = "it", *,
                  target: Optional[TextIO] = None, mode: Optional[str] = None, initial: float = 0,
-                 relay: bool = False, relay_id: Optional[str] = None, every_update: bool = False):
+                 relay: bool = False, relay_id: Optional[str] = None, every_update: bool = False,
+                 smoothing: float = 0.1):
         worker = mode is None and target is None and in_ray_worker()
         self.desc, self.total, self.unit = desc, total, unit
         self.target = target or (sys.stdout if worker else stream())
@@ -154,7 +155,7 @@ class Bar:
             fixed = None if sized else shutil.get_terminal_size((80, 24))
             self._tqdm = tqdm(total=total, desc=desc, unit=unit, file=self.target, dynamic_ncols=sized,
                               ncols=fixed and fixed.columns, nrows=fixed and fixed.lines, initial=initial,
-                              smoothing=0.1, mininterval=0 if every_update else 0.25,
+                              smoothing=smoothing, mininterval=0 if every_update else 0.25,
                               miniters=0 if every_update else None)
         self._emit(force=True)
 
