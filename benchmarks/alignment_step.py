@@ -474,10 +474,12 @@ def strategy_settings(args) -> list[dict]:
             "offload": False, "lora": lora} for lora in loras]
     for strategy in args.strategy:
         for offload in ([False, True] if args.cpu_offload and strategy == "fsdp" else [False]):
-            for lora in loras:
-                name = f"{strategy} x {args.workers}" + (", cpu offload" if offload else "") + (", LoRA" if lora else "")
-                out.append({"name": name, "strategy": strategy, "workers": args.workers, "offload": offload,
-                            "lora": lora})
+            for reshard in ([True, False] if args.no_reshard and strategy == "fsdp" and not offload else [True]):
+                for lora in loras:
+                    name = (f"{strategy} x {args.workers}" + (", cpu offload" if offload else "")
+                            + ("" if reshard else ", no reshard") + (", LoRA" if lora else ""))
+                    out.append({"name": name, "strategy": strategy, "workers": args.workers, "offload": offload,
+                                "lora": lora, "reshard": reshard})
     return out
 
 
@@ -543,7 +545,7 @@ def _strategy_rank(rank: int, spec: dict, init_file: str, out_dir: str) -> None:
         model, params_total = strategy_model(spec)
         if spec["strategy"] == "fsdp":
             scaling = ScalingConfig.model_construct(num_workers=world, strategy="fsdp", cpu_offload=spec["offload"],
-                                                    reshard_after_forward=True, use_gpu=cuda)
+                                                    reshard_after_forward=spec.get("reshard", True), use_gpu=cuda)
             wrap_fsdp(model, scaling, spec["dtype"], device)
         else:
             model.to(device)
@@ -760,6 +762,9 @@ def main(argv=None) -> int:
                         "(default with --lora or --cpu-offload: ddp fsdp)")
     p.add_argument("--workers", type=int, default=2, help="6.: workers (processes; one GPU each on CUDA)")
     p.add_argument("--cpu-offload", action="store_true", help="6.: fsdp also with CPU offload (GPU runs only)")
+    p.add_argument("--no-reshard", action="store_true",
+                   help="6.: fsdp also with scaling.reshard_after_forward=false (parameters stay gathered from the "
+                        "forward to the backward: half the all-gathers, ZeRO-2's trade)")
     p.add_argument("--lora", action="store_true", help=f"6.: every setting also with LoRA (r {LORA_RANK} on the "
                                                         "attention projections)")
     p.add_argument("--rounds", type=int, default=2, help="6.: times each setting is measured, in turns (best kept)")
@@ -787,7 +792,7 @@ def main(argv=None) -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0
-    if args.strategy is not None or args.lora or args.cpu_offload:
+    if args.strategy is not None or args.lora or args.cpu_offload or args.no_reshard:
         args.strategy = args.strategy or ["ddp", "fsdp"]
         if args.workers < 1 or args.rounds < 1:
             raise SystemExit(f"--workers and --rounds must be at least 1, got {args.workers} and {args.rounds}")
