@@ -111,6 +111,8 @@ def test_a_gguf_path_in_a_config_becomes_absolute(tmp_path, monkeypatch):
     from xalign.config.schema import RunConfig
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "g.gguf").write_bytes(b"GGUF")   # a missing one is refused (tests/test_bad_inputs.py)
     cfg = from_overrides(RunConfig, ["model.name_or_path=models/g.gguf"])
     assert cfg.model.name_or_path == os.path.join(str(tmp_path), "models", "g.gguf")
 
