@@ -155,3 +155,22 @@ def test_masking_secrets_survives_another_thread_changing_the_environment():
         stop.set()
         thread.join()
         os.environ.pop("XALIGN_TEST_API_KEY", None)
+
+
+def test_a_trial_stopped_by_the_scheduler_stays_killed_when_its_process_reports_failed_late(tmp_path):
+    """ASHA stops a trial: the sweep ends its run KILLED, and the dying trial's own `finally`
+    may report FAILED after that (seen in CI: the stopped trial showed FAILED). KILLED stays;
+    in the other order the sweep's KILLED replaces the FAILED; other runs end as told."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = TrackingConfig(tracking_uri=uri, experiment="stops")
+    client = MlflowClient(tracking_uri=uri)
+    late, early, plain = (tracking.start_run(cfg, run_name=n, params={}, config_yaml="{}\n")
+                          for n in ("late", "early", "plain"))
+    tracking.end_run(cfg, late, status="KILLED")
+    tracking.end_run(cfg, late, status="FAILED")
+    tracking.end_run(cfg, early, status="FAILED")
+    tracking.end_run(cfg, early, status="KILLED")
+    tracking.end_run(cfg, plain, status="FAILED")
+    assert [client.get_run(r).info.status for r in (late, early, plain)] == ["KILLED", "KILLED", "FAILED"]

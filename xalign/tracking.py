@@ -273,8 +273,15 @@ def set_tags(cfg: TrackingConfig, run_id: str, tags: Mapping[str, str]) -> None:
 
 
 def end_run(cfg: TrackingConfig, run_id: str, *, status: str) -> None:
-    """status: FINISHED | FAILED | KILLED."""
+    """status: FINISHED | FAILED | KILLED. A run already ended KILLED (a sweep's scheduler
+    stopped its trial: ``sweep.runner._close_stopped``) stays KILLED when the dying trial's
+    own ``finally`` reports FAILED after that: the two race, and the stop is the truth."""
     uri = tracking_uri(cfg)
+    if status == "FAILED":
+        current = with_retries(f"reading run {run_id}", uri, cfg.retry_seconds,
+                               lambda: _client(uri).get_run(run_id).info.status)
+        if current == "KILLED":
+            return
     with_retries(f"closing run {run_id} as {status}", uri, cfg.retry_seconds,
                  lambda: _client(uri).set_terminated(run_id, status=status))
 
