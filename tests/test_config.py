@@ -296,3 +296,21 @@ def test_eval_protocol_is_one_name_or_a_list(tmp_path):
         "eval_same/acc_non_pivot", "eval_same/xcopa/qab/acc"]
     with pytest.raises(ConfigError, match=r"no trial reports 'eval_same/acc_non_pivot'"):
         load_sweep(sweep)
+
+
+def test_controls_may_run_with_fewer_seeds_and_search_trials_may_skip_the_test_eval(tmp_path):
+    from xalign.config.sweep import load_sweep
+
+    run = REPO / "configs" / "runs" / "afp-synthetic.yaml"
+    path = write(tmp_path, "s.yaml", f"extends: {run}\neval: {{every_n_steps: 50}}\n"
+                 "confirm: {seeds: [0, 1], controls: {no_lm: {objective.lm_weight: 0}, "
+                 "no_contrastive: {objective.contrastive_weight: 0}}}\n")
+    sweep = load_sweep(path)
+    assert sweep.confirm.seeds_of_controls() == [0, 1] and sweep.confirm.runs() == 6
+    sweep = load_sweep(path, ["confirm.control_seeds=[0]"])
+    assert sweep.confirm.seeds_of_controls() == [0] and sweep.confirm.runs() == 4
+    assert load_sweep(path, ["confirm.seeds=[]"]).confirm.runs() == 0
+    # final_eval: false needs objectives that a search trial still reports (dev/ or align/)
+    assert not load_sweep(path, ["tune.final_eval=false", "tune.metrics={dev/acc_non_pivot: max}"]).tune.final_eval
+    with pytest.raises(ConfigError, match=r"tune\.final_eval.*is false.*'eval/acc_non_pivot'"):
+        load_sweep(path, ["tune.final_eval=false"])

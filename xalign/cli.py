@@ -169,7 +169,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _stop_on_sigterm()
     from xalign import progress
 
-    confirm = len(sweep.confirm.seeds) * (1 + len(sweep.confirm.controls))
+    confirm = sweep.confirm.runs()
     progress.note(f"Sweep {args.name or sweep.name}: {sweep.tune.num_samples} trials, then {confirm} confirmation runs "
                   "(starting: loading torch, Ray and the sweep's world)")
     from xalign.sweep.report import summary

@@ -134,6 +134,10 @@ class TuneConfig(Section):
     seed: int = 0
     #: Stop sampling new trials after this many seconds (None = no limit).
     time_budget_s: Optional[PositiveInt] = None
+    #: false: search trials skip the final evaluation on eval.split (test), which never
+    #: chooses anything when the objectives are dev/ or align/ metrics; the confirmation runs
+    #: always do it. On a real model this evaluation costs more than a short trial's training.
+    final_eval: bool = True
 
 
 class ConfirmConfig(Section):
@@ -142,9 +146,20 @@ class ConfirmConfig(Section):
     spread and a baseline. Empty seeds = no confirmation phase."""
 
     seeds: list[int] = Field(default_factory=list)
+    #: The controls' seeds; None = ``seeds`` (e.g. [0]: the best config over two seeds, each
+    #: control once, when runs are expensive).
+    control_seeds: Optional[list[int]] = None
     #: name -> overrides applied to the best config, e.g. {no_contrastive:
     #: {objective.contrastive_weight: 0}}.
     controls: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def seeds_of_controls(self) -> list[int]:
+        """The seeds each control variant runs with."""
+        return self.seeds if self.control_seeds is None else self.control_seeds
+
+    def runs(self) -> int:
+        """How many runs the confirmation phase has (0 without seeds)."""
+        return len(self.seeds) + len(self.seeds_of_controls()) * len(self.controls) if self.seeds else 0
 
 
 class SweepConfig(RunConfig):
@@ -251,6 +266,13 @@ def value_problems(sweep: SweepConfig, where: dict[str, str]) -> list:
             problems.append(Problem(f"tune.metrics.{metric}", f"no trial reports {metric!r}.{hint} Trials report "
                                     f"{', '.join(sorted(reportable))} and <prefix>/<task>/<lang>/acc for eval.tasks "
                                     f"{base.eval.tasks}", where.get(f"tune.metrics.{metric}", where.get("tune.metrics"))))
+    if not sweep.tune.final_eval:
+        final_only = [m for m in sweep.tune.metrics if not m.startswith(("dev/", "align/"))]
+        if final_only:
+            problems.append(Problem("tune.final_eval", f"is false, so search trials report no final evaluation, but "
+                                    f"tune.metrics asks for {', '.join(map(repr, final_only))}; use dev/ or align/ "
+                                    "objectives (e.g. dev/acc_non_pivot) or set final_eval: true",
+                                    where.get("tune.final_eval")))
     for name, overrides in sweep.confirm.controls.items():
         for key, value in overrides.items():
             check_value(f"confirm.controls.{name}.{key}", key, value, f"control {name!r}:")

@@ -73,8 +73,10 @@ def trial_config(base: dict, params: dict[str, Any]) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def make_trainable(base: dict, *, storage: str, parent_run_id: Optional[str], sweep_name: str, phase: str):
-    """The Tune function trainable of one phase."""
+def make_trainable(base: dict, *, storage: str, parent_run_id: Optional[str], sweep_name: str, phase: str,
+                   final_eval: bool = True):
+    """The Tune function trainable of one phase (``final_eval`` False: no evaluation on
+    eval.split after training, see tune.final_eval)."""
 
     def run_trial(params: dict) -> None:
         context = ray.tune.get_context()
@@ -91,6 +93,7 @@ def make_trainable(base: dict, *, storage: str, parent_run_id: Optional[str], sw
         same_data = not any(k == "seed" or k.startswith(("data.", "model.")) for k in overrides)
         result = train(cfg, name=context.get_trial_name(), storage_path=storage, callbacks=[TuneReportCallback()],
                        parent_run_id=parent_run_id, tags=tags, storage_checked=True, data_checked=same_data,
+                       final_eval=final_eval,
                        mlflow_name=trial_label(phase, experiment_tag(context.get_trial_dir(), context.get_trial_name()),
                                                variant))
         final = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float)) and "/layer" not in k}
@@ -420,7 +423,7 @@ def _run_phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str
     """The search phase, then the confirmation phase (with their progress shown); the
     parent run closed at the end."""
     global _shown
-    confirming = len(sweep.confirm.seeds) * (1 + len(sweep.confirm.controls))
+    confirming = sweep.confirm.runs()
     _shown = SweepProgress(name, dict(sweep.tune.metrics), sweep.tune.num_samples + confirming, log_path)
     try:
         return _phases(sweep, base_cfg, world_dir, name=name, path=path, parent=parent,
@@ -445,7 +448,8 @@ def _phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str, pa
                else optuna.samplers.RandomSampler(seed=sweep.tune.seed))
     searcher = optuna_search()(metric=metrics if len(metrics) > 1 else metrics[0],
                             mode=modes if len(modes) > 1 else modes[0], sampler=sampler)
-    trainable = make_trainable(base, storage=trials_path, parent_run_id=parent, sweep_name=name, phase="search")
+    trainable = make_trainable(base, storage=trials_path, parent_run_id=parent, sweep_name=name, phase="search",
+                               final_eval=sweep.tune.final_eval)
     tuner = _tuner(sweep, trainable, phase="search", path=path, space=tune_space(sweep.search), searcher=searcher,
                    num_samples=sweep.tune.num_samples, max_concurrent=max_concurrent, resume=resume)
     _shown.begin("search", sweep.tune.num_samples, _shown.bar.total)
@@ -461,7 +465,7 @@ def _phases(sweep: SweepConfig, base_cfg: RunConfig, world_dir, *, name: str, pa
     if best is not None and sweep.confirm.seeds:
         variants = [{**best.params, "seed": seed} for seed in sweep.confirm.seeds]
         variants += [{**best.params, **over, "seed": seed, "__control__": cname}
-                     for cname, over in sweep.confirm.controls.items() for seed in sweep.confirm.seeds]
+                     for cname, over in sweep.confirm.controls.items() for seed in sweep.confirm.seeds_of_controls()]
         confirm = make_trainable(base, storage=trials_path, parent_run_id=parent, sweep_name=name, phase="confirm")
         tuner = _tuner(sweep, confirm, phase="confirm", path=path, space={"__variant__": ray.tune.grid_search(variants)},
                        searcher=None, num_samples=1, max_concurrent=max_concurrent, resume=resume)

@@ -95,21 +95,22 @@ def raise_if_nonfinite(metrics: dict, checkpoint: Optional[str]) -> None:
 def train(cfg: RunConfig, *, name: Optional[str] = None, storage_path: Optional[str] = None,
           callbacks: Sequence = (), parent_run_id: Optional[str] = None,
           tags: Optional[dict[str, str]] = None, storage_checked: bool = False,
-          data_checked: bool = False, mlflow_name: Optional[str] = None) -> TrainResult:
+          data_checked: bool = False, mlflow_name: Optional[str] = None, final_eval: bool = True) -> TrainResult:
     """One alignment run (see ``_train``), with Ray's output in the run's folder
     (``ray_output.log``; live with --verbose) and its progress on the console.
-    ``mlflow_name``: the MLflow run's name when it differs from the Ray run's ``name``."""
+    ``mlflow_name``: the MLflow run's name when it differs from the Ray run's ``name``;
+    ``final_eval`` False: no evaluation on eval.split after training (a sweep's search trial)."""
     name = name or run_name(cfg)
     log = console.log_path_for(join(storage_root(cfg, storage_path), name), name)
     with console.ray_output(log):
         return _train(cfg, name=name, storage_path=storage_path, callbacks=callbacks, parent_run_id=parent_run_id,
                       tags=tags, storage_checked=storage_checked, data_checked=data_checked,
-                      mlflow_name=mlflow_name)
+                      mlflow_name=mlflow_name, final_eval=final_eval)
 
 
 def _train(cfg: RunConfig, *, name: str, storage_path: Optional[str], callbacks: Sequence,
            parent_run_id: Optional[str], tags: Optional[dict[str, str]], storage_checked: bool,
-           data_checked: bool, mlflow_name: Optional[str]) -> TrainResult:
+           data_checked: bool, mlflow_name: Optional[str], final_eval: bool = True) -> TrainResult:
     """One alignment run on Ray Train; blocks until it ends. Inside a sweep trial, pass the
     Tune callback, the sweep's storage (checked once by the sweep), whether the sweep
     already built this trial's data (``data_checked``: no data, model or seed key was
@@ -183,7 +184,7 @@ def _train(cfg: RunConfig, *, name: str, storage_path: Optional[str], callbacks:
             metrics.update(json.loads(storage.read_text(stopped)))
         raise_if_nonfinite(metrics, checkpoint)
         evaluation = None
-        if plan["evaluate"] and result.checkpoint is not None:
+        if plan["evaluate"] and final_eval and result.checkpoint is not None:
             chosen = best_checkpoint(result) if select else result.checkpoint
             evaluation = final_evaluation(cfg, chosen.path, world_dir, plan, run_id=run_id,
                                           step=int(metrics.get("step", 0)), out_dir=local_eval_dir(result.path))
