@@ -475,11 +475,13 @@ def strategy_settings(args) -> list[dict]:
     for strategy in args.strategy:
         for offload in ([False, True] if args.cpu_offload and strategy == "fsdp" else [False]):
             for reshard in ([True, False] if args.no_reshard and strategy == "fsdp" and not offload else [True]):
-                for lora in loras:
-                    name = (f"{strategy} x {args.workers}" + (", cpu offload" if offload else "")
-                            + ("" if reshard else ", no reshard") + (", LoRA" if lora else ""))
-                    out.append({"name": name, "strategy": strategy, "workers": args.workers, "offload": offload,
-                                "lora": lora, "reshard": reshard})
+                for unit in (args.fsdp_unit if strategy == "fsdp" else ["block"]):
+                    for lora in loras:
+                        name = (f"{strategy} x {args.workers}" + (", cpu offload" if offload else "")
+                                + ("" if reshard else ", no reshard") + (", one unit" if unit == "model" else "")
+                                + (", LoRA" if lora else ""))
+                        out.append({"name": name, "strategy": strategy, "workers": args.workers, "offload": offload,
+                                    "lora": lora, "reshard": reshard, "fsdp_unit": unit})
     return out
 
 
@@ -545,7 +547,8 @@ def _strategy_rank(rank: int, spec: dict, init_file: str, out_dir: str) -> None:
         model, params_total = strategy_model(spec)
         if spec["strategy"] == "fsdp":
             scaling = ScalingConfig.model_construct(num_workers=world, strategy="fsdp", cpu_offload=spec["offload"],
-                                                    reshard_after_forward=spec.get("reshard", True), use_gpu=cuda)
+                                                    reshard_after_forward=spec.get("reshard", True), use_gpu=cuda,
+                                                    fsdp_unit=spec.get("fsdp_unit", "block"))
             wrap_fsdp(model, scaling, spec["dtype"], device)
         else:
             model.to(device)
@@ -765,6 +768,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-reshard", action="store_true",
                    help="6.: fsdp also with scaling.reshard_after_forward=false (parameters stay gathered from the "
                         "forward to the backward: half the all-gathers, ZeRO-2's trade)")
+    p.add_argument("--fsdp-unit", nargs="+", choices=["block", "model"], default=["block"],
+                   help="6.: fsdp's scaling.fsdp_unit values to measure (model: the whole model as one unit, "
+                        "3 collectives per step instead of ~3 per block)")
     p.add_argument("--lora", action="store_true", help=f"6.: every setting also with LoRA (r {LORA_RANK} on the "
                                                         "attention projections)")
     p.add_argument("--rounds", type=int, default=2, help="6.: times each setting is measured, in turns (best kept)")
@@ -792,7 +798,7 @@ def main(argv=None) -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
         return 0
-    if args.strategy is not None or args.lora or args.cpu_offload or args.no_reshard:
+    if args.strategy is not None or args.lora or args.cpu_offload or args.no_reshard or args.fsdp_unit != ["block"]:
         args.strategy = args.strategy or ["ddp", "fsdp"]
         if args.workers < 1 or args.rounds < 1:
             raise SystemExit(f"--workers and --rounds must be at least 1, got {args.workers} and {args.rounds}")

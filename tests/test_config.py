@@ -203,6 +203,9 @@ def test_cross_field_rules(tmp_path):
     assert load_run(path, ["optim.batch_size=1", "scaling.num_workers=2"]).optim.batch_size == 1
     problems = problems_of(path, ["scaling.use_gpu=true"])
     assert any("`gpus_per_worker` is 0" in p for p in problems)
+    problems = problems_of(path, ["scaling.fsdp_unit=model"])
+    assert any("`fsdp_unit` is 'model' but strategy is 'ddp'" in p for p in problems)
+    assert load_run(path, ["scaling.fsdp_unit=model", "scaling.strategy=fsdp"]).scaling.fsdp_unit == "model"
 
 
 def test_flatten_gives_dotted_keys_that_round_trip_as_overrides(tmp_path):

@@ -64,6 +64,17 @@ def test_fsdp_on_one_worker_without_offload_warns_naming_the_key():
         assert memory_plan(shape, fine).warnings == []
 
 
+def test_fsdp_as_one_unit_gathers_the_whole_model():
+    """scaling.fsdp_unit model: the whole model in flight in the compute dtype and its whole
+    gradient before the reduce-scatter, on top of the shards; optimizer state stays 1/W."""
+    shape = ModelShape(params=PARAMS, layers=LAYERS, hidden=H, heads=HEADS, vocab=VOCAB, block_params=BLOCK,
+                       embedding_params=VOCAB * H)
+    block = memory_plan(shape, Knobs(strategy="fsdp", workers=2))
+    whole = memory_plan(shape, Knobs(strategy="fsdp", workers=2, fsdp_unit="model"))
+    assert whole.weights == 4 * PARAMS / 2 + 4 * PARAMS > block.weights
+    assert whole.gradients == 4 * PARAMS / 2 + 4 * PARAMS and whole.optimizer == block.optimizer == 8 * PARAMS / 2
+
+
 def test_xalign_plan_prints_the_numbers_and_refuses_what_does_not_fit(tiny_model, tmp_path):
     path = run_file(tmp_path, tiny_model)
     ddp = plan_cli(path)

@@ -28,6 +28,10 @@ pytestmark = pytest.mark.distributed
 V, B, S, WORLD, STEPS, ACCUM = 61, 4, 10, 2, 3, 2
 OBJECTIVE = ObjectiveConfig(contrastive_weight=1.0, lm_weight=1.5, temperature=0.05, layer=1, early_exit=True,
                             hard_negatives=True)
+CONTRASTIVE_ONLY = OBJECTIVE.model_copy(update={"lm_weight": 0.0})
+#: fsdp unit (-last: pooled at the last block, a full forward) -> the contrastive-only objective
+CONTRASTIVE_CASES = {"block": CONTRASTIVE_ONLY, "model": CONTRASTIVE_ONLY,
+                     "model-last": CONTRASTIVE_ONLY.model_copy(update={"layer": 4})}
 LORA = LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
                   modules_to_save=["norm"])
 
@@ -67,25 +71,25 @@ def micro_batch(step, micro, rank, world):
     return {k: v[rank * rows:(rank + 1) * rows] for k, v in out.items()}
 
 
-def train(model, rank, world, steps=range(STEPS), optimizer=None, scheduler=None):
+def train(model, rank, world, steps=range(STEPS), optimizer=None, scheduler=None, objective=OBJECTIVE):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = optimizer or torch.optim.AdamW(params, lr=1e-2)
     scheduler = scheduler or make_scheduler(optimizer, schedule="constant", warmup_steps=0, max_steps=10)
     losses = []
     for step in steps:
         micro = [micro_batch(step, m, rank, world) for m in range(ACCUM)]
-        metrics = train_step(model, optimizer, scheduler, micro, lambda m, b: alignment_loss(m, b, OBJECTIVE),
+        metrics = train_step(model, optimizer, scheduler, micro, lambda m, b: alignment_loss(m, b, objective),
                              step=step + 1, max_grad_norm=0.5, dist=Dist.current(), params=params,
                              count_tokens=lambda b: 1)
         losses.append((metrics["loss"], metrics["grad_norm"]))
     return losses, optimizer, scheduler
 
 
-def fsdp(model, reshard=True):
+def fsdp(model, reshard=True, unit="block"):
     from xalign.train.sharding import wrap_fsdp
 
-    return wrap_fsdp(model, ScalingConfig(num_workers=2, strategy="fsdp", reshard_after_forward=reshard), "fp32",
-                     torch.device("cpu"))
+    return wrap_fsdp(model, ScalingConfig(num_workers=2, strategy="fsdp", reshard_after_forward=reshard,
+                                          fsdp_unit=unit), "fp32", torch.device("cpu"))
 
 
 def _worker(rank, world, init_file, out_dir, mode):
@@ -128,6 +132,16 @@ def _worker(rank, world, init_file, out_dir, mode):
             kept = fsdp(tiny_model(), reshard=False)
             results["no_reshard"] = train(kept, rank, world)[0]
             results["no_reshard_params"] = full_state_dict(kept)
+            # 2c. the whole model as one FSDP unit (scaling.fsdp_unit: model), early exit included
+            whole = fsdp(tiny_model(), unit="model")
+            results["one_unit"] = train(whole, rank, world)[0]
+            results["one_unit_params"] = full_state_dict(whole)
+            # 2d. contrastive term only (no full forward ever completes the groups that hold
+            # the tied LM head, or the one unit): per block and as one unit
+            for unit, objective in CONTRASTIVE_CASES.items():
+                alone = fsdp(tiny_model(), unit=unit.split("-")[0])
+                results[f"contrastive_{unit}"] = train(alone, rank, world, objective=objective)[0]
+                results[f"contrastive_{unit}_params"] = full_state_dict(alone)
             # 3. LoRA under fsdp
             _, lora = lora_model()
             lora = fsdp(lora)
@@ -196,6 +210,27 @@ def test_fsdp_without_reshard_after_forward_matches_one_process(ranks):
     assert results[0]["probe_sharded"]
     ref_losses, ref_params = single_process(tiny_model())
     assert_same_run(results[0]["no_reshard"], results[0]["no_reshard_params"], ref_losses, ref_params)
+
+
+def test_fsdp_with_the_whole_model_as_one_unit_matches_one_process(ranks):
+    """scaling.fsdp_unit=model: one all-gather and one reduce-scatter per step; an early-exit
+    forward leaves the unit's later blocks unrun (the group is completed by the next full
+    forward): the same steps as one process."""
+    _, results = ranks
+    ref_losses, ref_params = single_process(tiny_model())
+    assert_same_run(results[0]["one_unit"], results[0]["one_unit_params"], ref_losses, ref_params)
+
+
+@pytest.mark.parametrize("unit", list(CONTRASTIVE_CASES))
+def test_fsdp_contrastive_term_alone_matches_one_process(ranks, unit):
+    """objective.lm_weight 0 (the sweep's no_lm control) under fsdp: only early-exit forwards,
+    never the root's, so FSDP's groups that hold unrun modules are never completed by a
+    forward; gradients must still be reduced and the steps match one process."""
+    _, results = ranks
+    model = tiny_model()
+    ref_losses = train(model, 0, 1, objective=CONTRASTIVE_CASES[unit])[0]
+    ref_params = {k: v.detach() for k, v in model.state_dict().items()}
+    assert_same_run(results[0][f"contrastive_{unit}"], results[0][f"contrastive_{unit}_params"], ref_losses, ref_params)
 
 
 def test_fsdp_lora_two_ranks_match_one_process(ranks):

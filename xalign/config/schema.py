@@ -393,6 +393,14 @@ class ScalingConfig(Section):
     #: fsdp only: free each block's gathered weights after its forward (less memory, one more
     #: all-gather in the backward).
     reshard_after_forward: bool = True
+    #: fsdp only: what one FSDP unit (one all-gather, one reduce-scatter) holds. ``block``:
+    #: each decoder block, and the embeddings and final norm apart (the least memory: one
+    #: block gathered at a time; ~3 collectives per unit and step). ``model``: the whole
+    #: model as one unit (ZeRO-2/3-like: gradients and optimizer state sharded, the weights
+    #: gathered whole for each forward and backward): 3 collectives per step, for small
+    #: models or slow links where per-block collectives cost more than the compute
+    #: (benchmarks/alignment_step.py measures both).
+    fsdp_unit: Literal["block", "model"] = "block"
     #: True on a cluster whose autoscaler adds nodes on demand: a run that the nodes up now
     #: cannot hold waits for new ones instead of being refused.
     autoscale: bool = False
@@ -407,6 +415,9 @@ class ScalingConfig(Section):
         if self.cpu_offload and self.strategy != "fsdp":
             raise ValueError("`cpu_offload` needs `strategy: fsdp` (offload is part of FSDP), got strategy "
                              f"{self.strategy!r}")
+        if self.fsdp_unit != "block" and self.strategy != "fsdp":
+            raise ValueError(f"`fsdp_unit` is {self.fsdp_unit!r} but strategy is {self.strategy!r}: FSDP units exist "
+                             "under `strategy: fsdp` only; set strategy: fsdp or drop fsdp_unit")
         if self.cpu_offload and not self.use_gpu:
             raise ValueError("`cpu_offload` is true on a CPU run (use_gpu: false): the weights already live in CPU "
                              "memory, and PyTorch's offload needs a GPU; set cpu_offload: false")

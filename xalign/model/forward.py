@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -79,6 +79,36 @@ def _default_positions(attention_mask: torch.Tensor | None, position_ids: torch.
     return position_ids
 
 
+def _one_fsdp_unit(model: nn.Module, blocks: Sequence[nn.Module]) -> bool:
+    """FSDP2 with the whole model as one unit (``scaling.fsdp_unit: model``): only the root's
+    hooks gather the weights and, after the backward, reduce the gradients."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule) and not isinstance(base_model(model), FSDPModule) and not any(
+        isinstance(block, FSDPModule) for block in blocks)
+
+
+def _run_base(model: nn.Module, base: nn.Module, blocks: Sequence[nn.Module], inputs: dict[str, Any], *,
+              output_hidden_states: bool, captured: list | None = None):
+    """The base transformer's forward; through the root (LM head at one position only) when
+    FSDP shards the model as one unit, whose hooks sit on the root. There the states that
+    ``captured`` collects join the root's output as FSDP sees it, so that their gradients
+    fire its pre-backward hook (gather the weights again, then reduce the gradients): the
+    loss uses them, not the root's logits."""
+    if not _one_fsdp_unit(model, blocks):
+        return base(**inputs, output_hidden_states=output_hidden_states)
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    handle = None
+    if captured is not None:   # runs before FSDP's post-forward hook, which registers the pre-backward one
+        handle = model.register_forward_hook(lambda module, args, output: (output, tuple(captured)), prepend=True)
+    try:
+        output = model(**inputs, output_hidden_states=output_hidden_states, **extra)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return output[0] if captured is not None else output
+
+
 def hidden_states_forward(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -90,7 +120,7 @@ def hidden_states_forward(
     base = base_model(model)
     position_ids = _default_positions(attention_mask, position_ids)
     inputs = _model_inputs(base, input_ids, attention_mask, position_ids)
-    return tuple(base(**inputs, output_hidden_states=True).hidden_states)
+    return tuple(_run_base(model, base, decoder_blocks(model)[2], inputs, output_hidden_states=True).hidden_states)
 
 
 def early_exit_forward(
@@ -131,7 +161,7 @@ def early_exit_forward(
     inputs = _model_inputs(base, input_ids, attention_mask, _default_positions(attention_mask, position_ids))
     setattr(owner, attribute, nn.ModuleList(blocks[:keep]))
     try:
-        base(**inputs, output_hidden_states=False)
+        _run_base(model, base, blocks, inputs, output_hidden_states=False, captured=captured)
     finally:
         setattr(owner, attribute, blocks)
         for handle in handles:

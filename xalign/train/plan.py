@@ -9,10 +9,11 @@ Accounting (per worker, bytes):
 - weights: fp32 master copy (training always keeps one; bf16 runs under autocast or FSDP's
   bf16 parameter policy). ddp: all of it. fsdp: 1/W of it, plus the gathered copies in
   flight in the compute dtype: two decoder blocks (the running one and the prefetched one)
-  and the embedding group (tied head). With ``cpu_offload`` the shards live in CPU memory.
+  and the embedding group (tied head); ``scaling.fsdp_unit: model``: the whole model. With
+  ``cpu_offload`` the shards live in CPU memory.
 - gradients: fp32, trainable parameters only (LoRA: the adapters; else all but what
-  ``model.freeze`` freezes); fsdp: 1/W, plus one
-  gathered block's gradients in flight.
+  ``model.freeze`` freezes); fsdp: 1/W, plus one gathered block's gradients in flight
+  (``fsdp_unit: model``: all of them, before the reduce-scatter).
 - optimizer: AdamW's two fp32 moments per trainable parameter; fsdp: 1/W; offload: CPU.
 - activations: what the backward keeps, per decoder block and row (Korthikanti et al. 2022,
   no sequence parallelism): seq * hidden * (34 + 5 * heads * seq / hidden) bytes at 16 bit
@@ -52,6 +53,7 @@ class Knobs:
     workers: int = 1
     dtype: str = "fp32"
     cpu_offload: bool = False
+    fsdp_unit: str = "block"
     lora: bool = False
     batch: int = 2
     seq: int = 512
@@ -101,7 +103,10 @@ def memory_plan(shape: ModelShape, knobs: Knobs) -> Plan:
     gradients = 4 * trainable / w
     optimizer = 8 * trainable / w
     weights = master / w
-    if k.strategy == "fsdp":
+    if k.strategy == "fsdp" and k.fsdp_unit == "model":   # the whole model gathered, its gradient unreduced
+        weights += compute * shape.params
+        gradients += 4 * trainable
+    elif k.strategy == "fsdp":
         in_flight = compute * (2 * shape.block_params + shape.embedding_params)
         weights += in_flight
         gradients += 4 * (shape.block_params if not k.lora else 0)
@@ -144,7 +149,7 @@ def knobs_from_config(cfg, shape: ModelShape, *, workers: Optional[int] = None) 
     if o.contrastive_weight > 0:
         layers = max(max(resolve_layers(o.layer, shape.layers)), 1) if o.early_exit else shape.layers
     return Knobs(strategy=cfg.scaling.strategy, workers=workers or cfg.scaling.num_workers, dtype=cfg.model.dtype,
-                 cpu_offload=cfg.scaling.cpu_offload, lora=cfg.model.lora is not None, batch=cfg.optim.batch_size,
+                 cpu_offload=cfg.scaling.cpu_offload, fsdp_unit=cfg.scaling.fsdp_unit, lora=cfg.model.lora is not None, batch=cfg.optim.batch_size,
                  seq=cfg.data.max_length, gradient_checkpointing=cfg.model.gradient_checkpointing,
                  contrastive_layers=layers, contrastive_sides=3 if o.hard_negatives else 2, lm=o.lm_weight > 0)
 

@@ -1,7 +1,8 @@
 """``scaling.strategy: fsdp``: PyTorch FSDP2 wrapping of the causal LM, and its checkpoints.
 
 Wrapping (what tests/test_sharding.py checks against one process on gloo):
-- ``fully_shard`` per decoder block, then the base model's other children that hold weights
+- ``fully_shard`` per decoder block (``scaling.fsdp_unit: block``; ``model``: the root alone,
+  one unit, and early exit runs through the root), then the base model's other children that hold weights
   (embeddings, final norm, BLOOM's embedding norm) as their own groups: early exit calls the
   base transformer directly, never the root, so root hooks would not gather them. A tied
   input/output embedding is ONE tensor: the embedding and the LM head share one group.
@@ -67,7 +68,9 @@ def wrap_fsdp(model: nn.Module, scaling: ScalingConfig, dtype: str, device: torc
     common = {"mp_policy": policy, "reshard_after_forward": scaling.reshard_after_forward}
     if scaling.cpu_offload:
         common["offload_policy"] = CPUOffloadPolicy()
-    for group in fsdp_groups(model):
+    # fsdp_unit model: the root alone (early exit then runs through the root's forward, whose
+    # hooks gather the weights; xalign.model.forward), so every forward completes the unit.
+    for group in fsdp_groups(model) if scaling.fsdp_unit == "block" else []:
         fully_shard(group if len(group) > 1 else group[0], **common)
     fully_shard(model, **common)
     with torch.no_grad():
