@@ -211,3 +211,23 @@ def test_the_sweep_summary_table_from_metrics_alone():
     table = metrics_table(result)
     assert table.header[2:5] == ["base", "best", "no_lm"]
     assert _rows(table)[("all tasks", "non-en")]["best - base"] == "+37.5 ± 32.5"
+
+
+def test_after_is_the_best_configs_confirmation_run_when_search_trials_skipped_the_test_eval():
+    """tune.final_eval false: the search trials have dev metrics only, so the report's "after"
+    plots and projection come from the best config's first confirmation run (not a control),
+    and the search trials' gap plots show the dev gap."""
+    from xalign.sweep.report import after_run, search_gap_metric
+    from xalign.sweep.runner import Trial
+
+    best = Trial("a", "search", {"optim.lr": 1e-4}, {"dev/gap": 0.1}, "TERMINATED")
+    trials = [best, Trial("b", "search", {}, {"dev/gap": 0.2}, "STOPPED"),
+              Trial("c", "confirm", {"__control__": "no_lm"}, {"eval/gap": 0.3}, "TERMINATED"),
+              Trial("d", "confirm", {}, {"eval/gap": 0.2}, "ERROR"),
+              Trial("e", "confirm", {"seed": 0}, {"eval/gap": 0.15}, "TERMINATED")]
+    shown, label = after_run(trials, best)
+    assert shown.trial_id == "e" and "confirmation run e" in label
+    assert search_gap_metric(trials) == "dev/gap"
+    # nothing confirmed, search trials with test numbers: the best trial and the test gap
+    alone = [Trial("a", "search", {}, {"eval/gap": 0.1, "dev/gap": 0.1}, "TERMINATED")]
+    assert after_run(alone, alone[0]) == (alone[0], "best trial a") and search_gap_metric(alone) == "eval/gap"

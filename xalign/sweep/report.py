@@ -193,8 +193,8 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
             if k.startswith(("best/base/", "best/base_"))}
     base.update({k: v for k, v in parent.data.metrics.items() if k.startswith(("base/", "base_"))})
     tables: list[tuple[str, Table]] = []
+    best = next((t for t in trials if t.trial_id == best_id), None) if best_id else None
     if best_id:
-        best = next((t for t in trials if t.trial_id == best_id), None)
         lines.append(comparison(SweepResult(name, trials, best, [], parent.info.run_id, ""), base))
         by_id = {run.data.tags.get("xalign.trial_id", run.info.run_id[:8]): run for run in children}
         runs = {group: [by_id[t.trial_id] for t in members if t.trial_id in by_id]
@@ -209,33 +209,55 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
         (out_dir / "comparison.txt").write_text(text + "\n", encoding="utf-8")
         path = download(parent.info.run_id, "best_config.yaml", str(out_dir))
         lines.append("Best config (ready to run with `xalign train`):\n" + Path(path).read_text())
-        if best is not None:
-            pivot = next((k.split("/")[2] for k in best.metrics if k.startswith("eval/") and k.count("/") == 3
-                          and best.metrics.get(k.rsplit("/", 2)[0] + "/gap") is not None), None)
-            merged = {**{k: v for k, v in best.metrics.items() if k.startswith("eval/")}, **base}
+        shown, label = after_run(trials, best)
+        if shown is not None:
+            pivot = next((k.split("/")[2] for k in shown.metrics if k.startswith("eval/") and k.count("/") == 3
+                          and shown.metrics.get(k.rsplit("/", 2)[0] + "/gap") is not None), None)
+            merged = {**{k: v for k, v in shown.metrics.items() if k.startswith("eval/")}, **base}
             out_dir.mkdir(parents=True, exist_ok=True)
-            plots.accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "best_accuracy.png",
-                          title=f"best trial {best_id}")
+            plots.accuracy_bars(merged, pivot=_pivot(shown.metrics) or pivot or "", path=out_dir / "best_accuracy.png",
+                          title=label)
             plots.accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "base_accuracy.png",
                           prefix="base", title="base model")
-    search = [t for t in trials if t.phase == "search" and "eval/gap" in t.metrics]
+    gap = search_gap_metric(trials)
+    search = [t for t in trials if t.phase == "search" and gap in t.metrics]
     for key in searched:
         if search:
-            scatter(search, key, "eval/gap", out_dir / f"gap_vs_{key.replace('.', '_')}.png")
+            scatter(search, key, gap, out_dir / f"gap_vs_{key.replace('.', '_')}.png")
     names = {run.data.tags.get("xalign.trial_id", ""): run.info.run_name for run in children}
-    page = html_report(name, parent.info.run_id, trials, objectives, searched, base,
-                       next((t for t in trials if t.trial_id == best_id), None), names, out_dir,
-                       projections=_projections(parent, children, best_id, download, out_dir), tables=tables)
+    page = html_report(name, parent.info.run_id, trials, objectives, searched, base, best, names, out_dir,
+                       projections=_projections(parent, children, best_id, download, out_dir,
+                                                after_id=getattr(after_run(trials, best)[0], "trial_id", None)),
+                       tables=tables)
     lines.append(f"Plots: {out_dir}")
     lines.append(f"HTML report: {page}")
     return "\n".join(lines)
 
 
-def _projections(parent, children, best_id, download, out_dir: Path) -> tuple[Optional[Path], Optional[Path]]:
+def after_run(trials: Sequence, best) -> tuple[Optional[Trial], str]:
+    """The run whose test evaluation stands for "after": the best config's first confirmation
+    run, else the best search trial (whose test evaluation a sweep with tune.final_eval false
+    skipped); and how plots name it."""
+    confirmed = [t for t in trials if t.phase == "confirm" and t.status == "TERMINATED"
+                 and t.params.get("__control__", "best") == "best"]
+    if confirmed:
+        return confirmed[0], f"best config, confirmation run {confirmed[0].trial_id}"
+    return best, f"best trial {best.trial_id}" if best is not None else ""
+
+
+def search_gap_metric(trials: Sequence) -> str:
+    """What the search trials' gap plots show: the test gap, or the dev gap of the last
+    periodic evaluation when the search trials skipped the test evaluation."""
+    return "eval/gap" if any("eval/gap" in t.metrics for t in trials if t.phase == "search") else "dev/gap"
+
+
+def _projections(parent, children, best_id, download, out_dir: Path, after_id: Optional[str] = None
+                 ) -> tuple[Optional[Path], Optional[Path]]:
     """The representation projections logged with the evaluations: the starting model's (the
-    sweep's base evaluation, on the parent run) and the best trial's, downloaded."""
+    sweep's base evaluation, on the parent run) and the "after" run's (``after_id``, by
+    default the best trial), downloaded."""
     found = []
-    best_run = next((r for r in children if r.data.tags.get("xalign.trial_id") == best_id), None)
+    best_run = next((r for r in children if r.data.tags.get("xalign.trial_id") == (after_id or best_id)), None)
     for run, artifact in ((parent, "eval/base_representations.png"), (best_run, "eval/eval_representations.png")):
         path = None
         if run is not None:
@@ -319,7 +341,7 @@ def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, s
         page.heading("Accuracy per task and language, before and after")
         page.table(["task", "language", "starting model", "best config", "change"], rows)
     page.figure(out_dir / "base_accuracy.png", "before: the starting model")
-    page.figure(out_dir / "best_accuracy.png", "after: the best trial")
+    page.figure(out_dir / "best_accuracy.png", f"after: the {after_run(trials, best)[1] or 'best trial'}")
 
     search = [t for t in trials if t.phase == "search"]
     metrics = list(objectives)
@@ -340,7 +362,7 @@ def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, s
         page.text("(no search trial reached its final evaluation)", note=True)
     page.heading("Sentence representations, before and after")
     page.figure(projections[0], "before: the starting model (PCA, coloured by language)")
-    page.figure(projections[1], "after: the best trial (PCA, coloured by language)")
+    page.figure(projections[1], f"after: the {after_run(trials, best)[1] or 'best trial'} (PCA, coloured by language)")
 
     first, mode = next(iter(objectives.items()))
     ordered = sorted(search, key=lambda t: t.metrics.get(first, float("-inf") if mode == "max" else float("inf")),
@@ -350,7 +372,7 @@ def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, s
                [[names.get(t.trial_id, t.trial_id), t.status] + [_cell(t.metrics.get(c)) for c in COLUMNS]
                 + [f"{t.seconds:.0f}"] for t in ordered])
     for key in searched:
-        page.figure(out_dir / f"gap_vs_{key.replace('.', '_')}.png", f"eval/gap against {key}")
+        page.figure(out_dir / f"gap_vs_{key.replace('.', '_')}.png", f"{search_gap_metric(trials)} against {key}")
     config = out_dir / "best_config.yaml"
     if config.is_file():
         page.heading("Best config (ready for `xalign train`)")
