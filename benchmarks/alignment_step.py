@@ -695,13 +695,19 @@ def strategies(args) -> dict:
     print(f"   peak memory: {'torch.cuda.max_memory_allocated' if cuda else 'the peak RSS above the RSS before the model was built'}"
           f", the largest over the workers")
     ratios = {}
-    for lora in ("", ", LoRA"):
-        d, f = (results["settings"].get(f"{s} x {args.workers}{lora}", {}) for s in ("ddp", "fsdp"))
-        if "tokens_per_s" in d and "tokens_per_s" in f:
-            ratios[f"fsdp_over_ddp{lora.replace(', ', '_').lower()}"] = ratio = f["tokens_per_s"] / d["tokens_per_s"]
-            print(f"   -> fsdp{lora} at {100 * ratio:.1f}% of ddp{lora}'s tokens/s on {args.workers} workers "
-                  f"(target: within 15%: {'met' if ratio >= 0.85 else 'NOT met'}); peak memory per worker "
-                  f"{f['peak_memory_mb'] / d['peak_memory_mb']:.2f}x ddp's")
+    for name, f in results["settings"].items():   # every fsdp setting against ddp with the same LoRA choice
+        if not name.startswith("fsdp") or "tokens_per_s" not in f:
+            continue
+        lora = ", LoRA" if name.endswith(", LoRA") else ""
+        d = results["settings"].get(f"ddp x {args.workers}{lora}", {})
+        if "tokens_per_s" not in d:
+            continue
+        variant = name.removeprefix(f"fsdp x {args.workers}").removesuffix(lora)
+        key = "fsdp_over_ddp" + variant.replace(", ", "_").replace(" ", "_").lower() + lora.replace(", ", "_").lower()
+        ratios[key] = ratio = f["tokens_per_s"] / d["tokens_per_s"]
+        print(f"   -> {name} at {100 * ratio:.1f}% of ddp{lora}'s tokens/s "
+              f"(target: within 15%: {'met' if ratio >= 0.85 else 'NOT met'}); peak memory per worker "
+              f"{f['peak_memory_mb'] / d['peak_memory_mb']:.2f}x ddp's")
     results["ratios"] = ratios
     print(f"   load average before {', '.join(f'{x:.2f}' for x in load_before)}; after "
           f"{', '.join(f'{x:.2f}' for x in load_after)}")

@@ -80,18 +80,22 @@ def test_icl_scoring_large_vocabulary_settings_run_quick(tmp_path):
 
 
 def test_alignment_step_strategies_run_quick(tmp_path):
-    """6.: the single-process loop, ddp and fsdp on 2 gloo workers, each also with LoRA;
-    --cpu-offload on CPU is reported as not measured (it needs a GPU), not run."""
+    """6.: the single-process loop, ddp and fsdp (per block and as one unit) on 2 gloo
+    workers, each also with LoRA; --cpu-offload on CPU is reported as not measured (it needs
+    a GPU), not run."""
     out = tmp_path / "strategies.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "XALIGN_HOME": str(tmp_path / "home")}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "alignment_step.py"), "--quick", "--strategy",
-                           "ddp", "fsdp", "--workers", "2", "--lora", "--cpu-offload", "--json", str(out)],
+                           "ddp", "fsdp", "--workers", "2", "--lora", "--cpu-offload", "--fsdp-unit", "block", "model",
+                           "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text(encoding="utf-8"))
-    names = {"single process", "single process, LoRA", "ddp x 2", "ddp x 2, LoRA", "fsdp x 2", "fsdp x 2, LoRA"}
+    names = {"single process", "single process, LoRA", "ddp x 2", "ddp x 2, LoRA", "fsdp x 2", "fsdp x 2, LoRA",
+             "fsdp x 2, one unit", "fsdp x 2, one unit, LoRA"}
     assert set(result["settings"]) == names
-    assert set(result["not_measured"]) == {"fsdp x 2, cpu offload", "fsdp x 2, cpu offload, LoRA"}
+    assert set(result["not_measured"]) == {"fsdp x 2, cpu offload", "fsdp x 2, cpu offload, LoRA",
+                                           "fsdp x 2, cpu offload, one unit", "fsdp x 2, cpu offload, one unit, LoRA"}
     single = result["settings"]["single process"]
     for name, s in result["settings"].items():
         assert "error" not in s, (name, s)
@@ -104,7 +108,10 @@ def test_alignment_step_strategies_run_quick(tmp_path):
         assert len(result["settings"][name]["peak_memory_mb_per_worker"]) == 2
     # the same model (seed 0 on every rank) and the same batches per rank under both strategies:
     # the first step's loss (the mean over the ranks) is the same computation, sharded or not
-    assert result["settings"]["ddp x 2"]["losses"][0] == pytest.approx(result["settings"]["fsdp x 2"]["losses"][0],
-                                                                       abs=1e-4)
-    assert {"fsdp_over_ddp", "fsdp_over_ddp_lora"} <= set(result["ratios"])
-    assert "MFU: n/a" in proc.stdout and "fsdp at" in proc.stdout and "cpu offload: not measured" in proc.stdout
+    for fsdp in ("fsdp x 2", "fsdp x 2, one unit"):
+        assert result["settings"]["ddp x 2"]["losses"][0] == pytest.approx(result["settings"][fsdp]["losses"][0],
+                                                                           abs=1e-4)
+    assert set(result["ratios"]) == {"fsdp_over_ddp", "fsdp_over_ddp_lora", "fsdp_over_ddp_one_unit",
+                                     "fsdp_over_ddp_one_unit_lora"}
+    assert "MFU: n/a" in proc.stdout and "-> fsdp x 2, one unit at" in proc.stdout
+    assert "cpu offload: not measured" in proc.stdout
