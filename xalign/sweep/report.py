@@ -211,13 +211,13 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
         lines.append("Best config (ready to run with `xalign train`):\n" + Path(path).read_text())
         shown, label = after_run(trials, best)
         if shown is not None:
-            pivot = next((k.split("/")[2] for k in shown.metrics if k.startswith("eval/") and k.count("/") == 3
-                          and shown.metrics.get(k.rsplit("/", 2)[0] + "/gap") is not None), None)
+            run = by_id.get(shown.trial_id)
+            # the run's own data.pivot param; else the language whose accuracy is acc_pivot
+            pivot = (run.data.params.get("data.pivot") if run is not None else None) or _pivot(shown.metrics) or ""
             merged = {**{k: v for k, v in shown.metrics.items() if k.startswith("eval/")}, **base}
             out_dir.mkdir(parents=True, exist_ok=True)
-            plots.accuracy_bars(merged, pivot=_pivot(shown.metrics) or pivot or "", path=out_dir / "best_accuracy.png",
-                          title=label)
-            plots.accuracy_bars(merged, pivot=_pivot(best.metrics) or pivot or "", path=out_dir / "base_accuracy.png",
+            plots.accuracy_bars(merged, pivot=pivot, path=out_dir / "best_accuracy.png", title=label)
+            plots.accuracy_bars(merged, pivot=pivot, path=out_dir / "base_accuracy.png",
                           prefix="base", title="base model")
     gap = search_gap_metric(trials)
     search = [t for t in trials if t.phase == "search" and gap in t.metrics]
@@ -389,9 +389,12 @@ def _parse(value):
 
 def _pivot(metrics: dict) -> str | None:
     """The pivot: the language whose accuracy enters acc_pivot (the one no gap is over)."""
-    langs = {k.split("/")[2] for k in metrics if k.startswith("eval/") and k.count("/") == 3 and k.endswith("/acc")}
+    cells = [k.split("/")[1:3] for k in metrics if k.startswith("eval/") and k.count("/") == 3 and k.endswith("/acc")]
+    tasks = {lang: sum(1 for _, other in cells if other == lang) for _, lang in cells}
     target = metrics.get("eval/acc_pivot")
-    for lang in sorted(langs):
+    # The pivot is evaluated in every task: languages in more tasks first (a language of one
+    # task can match the pivot's mean by chance: PAWS-X de 56 = (en 51 + en 61) / 2).
+    for lang in sorted(tasks, key=lambda lang: (-tasks[lang], lang)):
         values = [v for k, v in metrics.items() if k.startswith("eval/") and k.endswith(f"/{lang}/acc")]
         if values and target is not None and abs(sum(values) / len(values) - target) < 1e-9:
             return lang
