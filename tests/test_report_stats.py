@@ -231,3 +231,18 @@ def test_after_is_the_best_configs_confirmation_run_when_search_trials_skipped_t
     # nothing confirmed, search trials with test numbers: the best trial and the test gap
     alone = [Trial("a", "search", {}, {"eval/gap": 0.1, "dev/gap": 0.1}, "TERMINATED")]
     assert after_run(alone, alone[0]) == (alone[0], "best trial a") and search_gap_metric(alone) == "eval/gap"
+
+
+def test_trial_table_shows_dev_numbers_when_the_search_skipped_the_test_eval_and_small_floats_whole():
+    from xalign.sweep.report import trial_table
+    from xalign.sweep.runner import Trial
+
+    trials = [Trial("a", "search", {"optim.lr": 7.253753172998829e-05, "objective.pooler": "last"},
+                    {"dev/acc_non_pivot": 0.577, "dev/acc_pivot": 0.68, "dev/gap": 0.103}, "TERMINATED", 422.0)]
+    text = trial_table(trials, {"dev/acc_non_pivot": "max"}, ["optim.lr", "objective.pooler"])
+    row = text.splitlines()[1]
+    assert "57.7" in row and "68.0" in row and "10.3" in row and "7.254e-05" in row and "last" in row
+    assert "last dev evaluation's" in text
+    trials[0].metrics.update({"eval/acc_non_pivot": 0.5, "eval/acc_pivot": 0.6, "eval/gap": 0.1})
+    text = trial_table(trials, {"dev/acc_non_pivot": "max"}, ["optim.lr"])
+    assert "50.0" in text.splitlines()[1] and "dev evaluation" not in text

@@ -242,7 +242,26 @@ def sweep_runs(cfg: TrackingConfig, name: str):
     parent = parents[0]
     children = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                                   max_results=5000)
-    return parent, children, client.download_artifacts
+    return parent, children, _quiet_download(client)
+
+
+def _quiet_download(client):
+    """client.download_artifacts without MLflow's per-file progress bar (a report downloads
+    one small file per run: the bars were most of what `xalign report` printed)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    def download(run_id: str, path: str, folder: str) -> str:
+        before = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"
+        try:
+            return client.download_artifacts(run_id, path, folder)
+        finally:
+            if before is None:
+                os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, None)
+            else:
+                os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = before
+
+    return download
 
 
 def log_results(cfg: TrackingConfig, run_id: str, metrics: Mapping[str, float], files=(), *, step: int = 0,

@@ -24,17 +24,37 @@ def _fmt(value) -> str:
     return f"{100 * value:6.1f}" if isinstance(value, (int, float)) else f"{'-':>6}"
 
 
+def trial_columns(trials: Sequence) -> tuple[str, ...]:
+    """The trial table's metric columns: the test evaluation's, or the last dev evaluation's
+    when no trial has test numbers (search trials under tune.final_eval false)."""
+    if any(c in t.metrics for t in trials for c in COLUMNS[:3]):
+        return COLUMNS
+    return tuple("dev/" + c.split("/", 1)[1] if c.startswith("eval/") else c for c in COLUMNS)
+
+
+def _param(value) -> str:
+    """A sampled value as the table shows it: floats to 4 significant digits (7.254e-05, not
+    a truncated '7.253753'), anything else cut to 10 characters."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return f"{value!s:.10}"
+
+
 def trial_table(trials: Sequence, objectives: dict[str, str], varied: Sequence[str]) -> str:
     first, mode = next(iter(objectives.items()))
     ordered = sorted(trials, key=lambda t: t.metrics.get(first, float("-inf") if mode == "max" else float("inf")),
                      reverse=mode == "max")
-    head = f"{'trial':<14}{'status':<11}" + "".join(f"{c.split('/', 1)[1][:10]:>11}" for c in COLUMNS) + \
+    columns = trial_columns(trials)
+    head = f"{'trial':<14}{'status':<11}" + "".join(f"{c.split('/', 1)[1][:10]:>11}" for c in columns) + \
         f"{'secs':>7}  " + "  ".join(varied)
     lines = [head]
     for t in ordered:
-        params = "  ".join(f"{t.params.get(k)!s:.8}" for k in varied)
-        lines.append(f"{t.trial_id[:13]:<14}{t.status:<11}" + "".join(f"{_fmt(t.metrics.get(c)):>11}" for c in COLUMNS)
+        params = "  ".join(_param(t.params.get(k)) for k in varied)
+        lines.append(f"{t.trial_id[:13]:<14}{t.status:<11}" + "".join(f"{_fmt(t.metrics.get(c)):>11}" for c in columns)
                      + f"{t.seconds:7.0f}  " + params)
+    if columns is not COLUMNS and trials:
+        lines.append("(the search trials skipped the test evaluation (tune.final_eval false): accuracy and gap are "
+                     "the last dev evaluation's)")
     return "\n".join(lines)
 
 
@@ -368,8 +388,8 @@ def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, s
     ordered = sorted(search, key=lambda t: t.metrics.get(first, float("-inf") if mode == "max" else float("inf")),
                      reverse=mode == "max")
     page.heading("Search trials")
-    page.table(["trial", "status"] + [c for c in COLUMNS] + ["seconds"],
-               [[names.get(t.trial_id, t.trial_id), t.status] + [_cell(t.metrics.get(c)) for c in COLUMNS]
+    page.table(["trial", "status"] + list(trial_columns(search)) + ["seconds"],
+               [[names.get(t.trial_id, t.trial_id), t.status] + [_cell(t.metrics.get(c)) for c in trial_columns(search)]
                 + [f"{t.seconds:.0f}"] for t in ordered])
     for key in searched:
         page.figure(out_dir / f"gap_vs_{key.replace('.', '_')}.png", f"{search_gap_metric(trials)} against {key}")
