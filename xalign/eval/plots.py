@@ -55,25 +55,44 @@ def accuracy_bars(metrics: Mapping[str, float], *, pivot: str, path: Path, prefi
 
 
 def projection(vectors: Mapping[str, torch.Tensor], *, path: Path, title: str = "") -> Path:
-    """PCA to 2-D of the pooled sentence vectors of every language (rows: sentences)."""
+    """PCA to 2-D of the pooled sentence vectors (rows: sentences), one colour per language.
+    Keys ``"en>de"`` (the English side of the de pairs) join their source language, so every
+    pivot sentence shares one colour; the pivot is drawn first, in grey, under the others."""
+    import numpy as np
+
     plt = _pyplot()
-    langs = sorted(vectors)
-    stacked = torch.cat([vectors[lang].float() for lang in langs])
+    keys = sorted(vectors)
+    stacked = torch.cat([vectors[key].float() for key in keys])
     centred = stacked - stacked.mean(dim=0)
     _, _, v = torch.linalg.svd(centred, full_matrices=False)
     points = (centred @ v[:2].T).numpy()
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    rows: dict[str, list] = {}
     start = 0
-    for lang in langs:
-        n = vectors[lang].shape[0]
-        ax.scatter(points[start: start + n, 0], points[start: start + n, 1], s=5, alpha=0.6, label=lang)
+    for key in keys:
+        n = vectors[key].shape[0]
+        rows.setdefault(key.split(">")[0], []).append(points[start: start + n])
         start += n
+    sides = {lang for key in keys if ">" in key for lang in [key.split(">")[0]]}
+    langs = sorted(rows, key=lambda lang: (lang not in sides, lang))   # the pivot (source of "en>xx") first
+    tab20 = plt.get_cmap("tab20").colors   # dark hues first, then their light partners; no greys (the pivot's)
+    colours = [tab20[j] for j in [*range(0, 20, 2), *range(1, 20, 2)] if j not in (14, 15)]
+    markers = "o^sD"
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    others = 0
+    for lang in langs:
+        xy = np.concatenate(rows[lang])
+        pivot = lang in sides
+        i = others
+        others += not pivot
+        ax.scatter(xy[:, 0], xy[:, 1], s=4 if pivot else 6, alpha=0.25 if pivot else 0.7,
+                   color="0.55" if pivot else colours[i % len(colours)], marker=markers[(i // len(colours)) % 4],
+                   label=f"{lang} (pivot side of every pair)" if pivot else lang, linewidths=0)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.legend(fontsize=7, markerscale=3)
+    ax.legend(fontsize=7, markerscale=2.5, bbox_to_anchor=(1.01, 1), loc="upper left", frameon=False,
+              ncol=2 if len(langs) > 16 else 1)
     ax.set_title(title or "sentence representations (PCA)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
