@@ -246,3 +246,37 @@ def test_trial_table_shows_dev_numbers_when_the_search_skipped_the_test_eval_and
     trials[0].metrics.update({"eval/acc_non_pivot": 0.5, "eval/acc_pivot": 0.6, "eval/gap": 0.1})
     text = trial_table(trials, {"dev/acc_non_pivot": "max"}, ["optim.lr"])
     assert "50.0" in text.splitlines()[1] and "dev evaluation" not in text
+
+
+def _eval_folder(folder: Path, hits: dict[tuple[str, str], list[int]]) -> Path:
+    """An `xalign eval` results folder: its metrics and one record per item."""
+    import json
+
+    folder.mkdir(parents=True)
+    metrics, records = {}, []
+    for (task, lang), outcomes in hits.items():
+        metrics[f"eval/{task}/{lang}/acc"] = sum(outcomes) / len(outcomes)
+        metrics[f"eval/{task}/{lang}/n_items"] = float(len(outcomes))
+        records += [{"task": task, "lang": lang, "idx": i, "correct": {"none": bool(o)}} for i, o in enumerate(outcomes)]
+    (folder / "eval_metrics.json").write_text(json.dumps(metrics))
+    (folder / "eval_records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_xalign_compare_puts_eval_folders_side_by_side_with_paired_errors(tmp_path, capsys):
+    """`xalign compare base=DIR best=DIR best=DIR`: a name twice is two seeds; the differences
+    are paired over the items; a bad spec is refused naming it, before anything is read."""
+    from xalign.cli import main
+
+    base = _eval_folder(tmp_path / "b", {("xcopa", "en"): [1, 1, 1, 0], ("xcopa", "zh"): [1, 0, 0, 0]})
+    s0 = _eval_folder(tmp_path / "s0", {("xcopa", "en"): [1, 1, 0, 0], ("xcopa", "zh"): [1, 1, 1, 0]})
+    s1 = _eval_folder(tmp_path / "s1", {("xcopa", "en"): [1, 1, 1, 0], ("xcopa", "zh"): [1, 1, 0, 0]})
+    assert main(["compare", f"base={base}", f"best={s0}", f"best={s1}"]) == 0
+    lines = {tuple(line.split()[:2]): line for line in capsys.readouterr().out.splitlines()}
+    # zh: best's items over its seeds [1, 1, .5, 0] against base [1, 0, 0, 0]: d = [0, 1, .5, 0]
+    assert "62.5 ± 17.7" in lines[("xcopa", "zh")] and "+37.5 ± 23.9" in lines[("xcopa", "zh")]
+    assert "-12.5 ± 12.5" in lines[("xcopa", "en*")]
+    assert main(["compare", "base", f"best={s0}"]) == 1
+    assert "'base': expected NAME=FOLDER" in capsys.readouterr().err
+    assert main(["compare", f"base={tmp_path}", f"best={s0}"]) == 1
+    assert "has no eval_metrics.json and no eval_records.jsonl" in capsys.readouterr().err

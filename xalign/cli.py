@@ -191,6 +191,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from xalign.sweep.compare import comparison_table, variants_from_folders
+
+    variants = variants_from_folders(args.runs)
+    print(comparison_table(variants, args.pivot).text())
+    return 0
+
+
 VERBOSE_HELP = ("show Ray's own output (and other libraries' progress bars) live; by default it goes to a log "
                 "file whose path is printed")
 
@@ -240,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", default=[],
                    help="tracking settings, e.g. tracking_uri=sqlite:///mlflow.db experiment=xalign")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="`xalign eval` results side by side, per task and language, each difference "
+                                       "with its item count and paired standard error")
+    p.add_argument("runs", nargs="+", metavar="NAME=FOLDER",
+                   help="an `xalign eval` results folder under a name; a name given twice is two seeds of one config; "
+                        "'base' is compared with every other, 'best' with every other but base")
+    p.add_argument("--pivot", default="en", help="the language apart from the others (default en)")
+    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("eval", help="evaluate a model: accuracy per task and language, the gap, alignment metrics")
     p.add_argument("file", nargs="?", help="a run config (its model, data and eval sections)")

@@ -271,3 +271,35 @@ def _notes(cells: dict[str, _Cells], pivot: str, mark: str) -> list[str]:
                      "sqrt(p1(1-p1)/n + p2(1-p2)/n).")
     notes.append("Retrieval and MEXA: SE of independent proportions over the held-out pairs.")
     return notes
+
+
+# --- `xalign compare NAME=FOLDER ...`: `xalign eval` results side by side -----------------
+
+def variants_from_folders(specs: Sequence[str]) -> list[Variant]:
+    """Variants from ``NAME=FOLDER`` specs (an `xalign eval` results folder: ``eval_metrics.json``
+    and ``eval_records.jsonl``), in the order first given; a NAME given again adds a run (a
+    seed) to that variant. Refused, naming the spec, before anything is read: a spec without
+    ``=`` or a folder without those files."""
+    import json
+    from pathlib import Path
+
+    from xalign.errors import XalignError
+    from xalign.eval.records import read_records
+    from xalign.eval.stats import item_outcomes
+
+    folders: dict[str, list[Path]] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise XalignError(f"{spec!r}: expected NAME=FOLDER (e.g. base=~/.cache/xalign/eval_results/eval-x-2026...)")
+        missing = [f for f in ("eval_metrics.json", "eval_records.jsonl") if not (Path(folder).expanduser() / f).is_file()]
+        if missing:
+            raise XalignError(f"{spec!r}: {folder} has no {' and no '.join(missing)}; give the folder `xalign eval` "
+                              "printed after 'records and plots:'")
+        folders.setdefault(name, []).append(Path(folder).expanduser())
+    variants = []
+    for name, paths in folders.items():
+        metrics = [json.loads((p / "eval_metrics.json").read_text(encoding="utf-8")) for p in paths]
+        outcomes = [item_outcomes(read_records(p / "eval_records.jsonl")) for p in paths]
+        variants.append(Variant(name, metrics, outcomes))
+    return variants
