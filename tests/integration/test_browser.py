@@ -144,7 +144,8 @@ def test_the_html_report_shows_its_tables_and_images(small_sweep):
             widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
             assert all(w > 0 for w in widths), widths
             alts = images.evaluate_all("imgs => imgs.map(i => i.alt)")
-            assert any("before: the starting model (PCA" in a for a in alts) and any("after: the best trial (PCA" in a
-                                                                                   for a in alts), alts
+            # "after": the best config's first confirmation run (it has the test evaluation)
+            assert any("before: the starting model (PCA" in a for a in alts), alts
+            assert any(a.startswith("after: the best config, confirmation run") and "(PCA" in a for a in alts), alts
         finally:
             browser.close()
