@@ -73,6 +73,7 @@ def test_fsdp_as_one_unit_gathers_the_whole_model():
     whole = memory_plan(shape, Knobs(strategy="fsdp", workers=2, fsdp_unit="model"))
     assert whole.weights == 4 * PARAMS / 2 + 4 * PARAMS > block.weights
     assert whole.gradients == 4 * PARAMS / 2 + 4 * PARAMS and whole.optimizer == block.optimizer == 8 * PARAMS / 2
+    assert "the whole model one FSDP unit" in whole.lines()[0] and "FSDP unit" not in block.lines()[0]
 
 
 def test_xalign_plan_prints_the_numbers_and_refuses_what_does_not_fit(tiny_model, tmp_path):

@@ -82,6 +82,7 @@ class Plan:
     def lines(self) -> list[str]:
         k = self.knobs
         head = (f"memory plan per worker: {k.strategy} x {k.workers} worker(s), {k.dtype}"
+                f"{', the whole model one FSDP unit' if k.strategy == 'fsdp' and k.fsdp_unit == 'model' else ''}"
                 f"{', cpu offload' if k.cpu_offload else ''}{', LoRA' if k.lora else ''}"
                 f"{', gradient checkpointing' if k.gradient_checkpointing else ''}, batch {k.batch} x seq {k.seq}")
         rows = [head,
