@@ -544,8 +544,11 @@ def _close_parent(sweep: SweepConfig, parent: str, result: SweepResult) -> None:
     if best is not None:
         best_config = trial_config(sweep.run_config().model_dump(mode="json"), best.params)
         tracking.set_tags(sweep.tracking, parent, {"xalign.best_trial_id": best.trial_id})
+        # the best trial's numbers: its objectives (dev/, the only accuracies a search trial has
+        # under tune.final_eval false), test evaluation and representation metrics
         tracking.log_results(sweep.tracking, parent, {f"best/{k}": v for k, v in best.metrics.items()
-                                                      if k.startswith(("eval/", "base/", "align/", "eval_", "base_"))}, ())
+                                                      if k.startswith(("eval/", "base/", "align/", "eval_", "base_",
+                                                                       "dev/"))}, ())
         tracking.log_text(sweep.tracking, parent, yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False),
                           "best_config.yaml")
     use = compute_use(result.trials, sweep.run_config().optim.max_steps)
