@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from xalign.data.collate import IGNORE_INDEX, position_ids_from_mask
 from xalign.model.pooling import pool
@@ -79,16 +80,17 @@ def _default_positions(attention_mask: torch.Tensor | None, position_ids: torch.
     return position_ids
 
 
-def _one_fsdp_unit(model: nn.Module, blocks: Sequence[nn.Module]) -> bool:
+def _one_fsdp_unit(model: nn.Module, blocks: Sequence[nn.Module] | None = None) -> bool:
     """FSDP2 with the whole model as one unit (``scaling.fsdp_unit: model``): only the root's
-    hooks gather the weights and, after the backward, reduce the gradients."""
-    from torch.distributed.fsdp import FSDPModule
+    hooks gather the weights and, after the backward, reduce the gradients. ``blocks``: the
+    decoder blocks when the caller has them (found only for a sharded model otherwise)."""
+    if not isinstance(model, FSDPModule):   # the common case, on every forward: nothing else looked up
+        return False
+    blocks = decoder_blocks(model)[2] if blocks is None else blocks
+    return not isinstance(base_model(model), FSDPModule) and not any(isinstance(b, FSDPModule) for b in blocks)
 
-    return isinstance(model, FSDPModule) and not isinstance(base_model(model), FSDPModule) and not any(
-        isinstance(block, FSDPModule) for block in blocks)
 
-
-def _run_base(model: nn.Module, base: nn.Module, blocks: Sequence[nn.Module], inputs: dict[str, Any], *,
+def _run_base(model: nn.Module, base: nn.Module, blocks: Sequence[nn.Module] | None, inputs: dict[str, Any], *,
               output_hidden_states: bool, captured: list | None = None):
     """The base transformer's forward; through the root (LM head at one position only) when
     FSDP shards the model as one unit, whose hooks sit on the root. There the states that
@@ -120,7 +122,7 @@ def hidden_states_forward(
     base = base_model(model)
     position_ids = _default_positions(attention_mask, position_ids)
     inputs = _model_inputs(base, input_ids, attention_mask, position_ids)
-    return tuple(_run_base(model, base, decoder_blocks(model)[2], inputs, output_hidden_states=True).hidden_states)
+    return tuple(_run_base(model, base, None, inputs, output_hidden_states=True).hidden_states)
 
 
 def early_exit_forward(

@@ -214,6 +214,7 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
     base.update({k: v for k, v in parent.data.metrics.items() if k.startswith(("base/", "base_"))})
     tables: list[tuple[str, Table]] = []
     best = next((t for t in trials if t.trial_id == best_id), None) if best_id else None
+    shown, label = after_run(trials, best)   # "after": the best config's confirmation run, or the best trial
     if best_id:
         lines.append(comparison(SweepResult(name, trials, best, [], parent.info.run_id, ""), base))
         by_id = {run.data.tags.get("xalign.trial_id", run.info.run_id[:8]): run for run in children}
@@ -229,7 +230,6 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
         (out_dir / "comparison.txt").write_text(text + "\n", encoding="utf-8")
         path = download(parent.info.run_id, "best_config.yaml", str(out_dir))
         lines.append("Best config (ready to run with `xalign train`):\n" + Path(path).read_text())
-        shown, label = after_run(trials, best)
         if shown is not None:
             run = by_id.get(shown.trial_id)
             # the run's own data.pivot param; else the language whose accuracy is acc_pivot
@@ -246,9 +246,9 @@ def report(tracking_cfg, name: str, *, out_dir: Path) -> str:
             scatter(search, key, gap, out_dir / f"gap_vs_{key.replace('.', '_')}.png")
     names = {run.data.tags.get("xalign.trial_id", ""): run.info.run_name for run in children}
     page = html_report(name, parent.info.run_id, trials, objectives, searched, base, best, names, out_dir,
-                       projections=_projections(parent, children, best_id, download, out_dir,
-                                                after_id=getattr(after_run(trials, best)[0], "trial_id", None)),
-                       tables=tables)
+                       projections=_projections(parent, children, shown.trial_id if shown else None, download,
+                                                out_dir),
+                       tables=tables, after_label=label or "best trial")
     lines.append(f"Plots: {out_dir}")
     lines.append(f"HTML report: {page}")
     return "\n".join(lines)
@@ -271,13 +271,14 @@ def search_gap_metric(trials: Sequence) -> str:
     return "eval/gap" if any("eval/gap" in t.metrics for t in trials if t.phase == "search") else "dev/gap"
 
 
-def _projections(parent, children, best_id, download, out_dir: Path, after_id: Optional[str] = None
+def _projections(parent, children, after_id: Optional[str], download, out_dir: Path
                  ) -> tuple[Optional[Path], Optional[Path]]:
     """The representation projections logged with the evaluations: the starting model's (the
-    sweep's base evaluation, on the parent run) and the "after" run's (``after_id``, by
-    default the best trial), downloaded."""
+    sweep's base evaluation, on the parent run) and the "after" run's (see ``after_run``),
+    downloaded."""
     found = []
-    best_run = next((r for r in children if r.data.tags.get("xalign.trial_id") == (after_id or best_id)), None)
+    best_run = next((r for r in children if r.data.tags.get("xalign.trial_id") == after_id), None) \
+        if after_id else None
     for run, artifact in ((parent, "eval/base_representations.png"), (best_run, "eval/eval_representations.png")):
         path = None
         if run is not None:
@@ -317,7 +318,7 @@ def groups_of(trials: Sequence, best) -> dict[str, list]:
 def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, searched: Sequence[str], base: dict,
                 best, names: dict[str, str], out_dir: Path, *,
                 projections: tuple[Optional[Path], Optional[Path]] = (None, None),
-                tables: Sequence[tuple[str, Table]] = ()) -> Path:
+                tables: Sequence[tuple[str, Table]] = (), after_label: str = "best trial") -> Path:
     """``report.html`` in ``out_dir``: the base model against the best config and the
     controls, accuracy per task and language before and after, the Pareto front, the
     representation projection before and after, the search trials and the best config."""
@@ -361,7 +362,7 @@ def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, s
         page.heading("Accuracy per task and language, before and after")
         page.table(["task", "language", "starting model", "best config", "change"], rows)
     page.figure(out_dir / "base_accuracy.png", "before: the starting model")
-    page.figure(out_dir / "best_accuracy.png", f"after: the {after_run(trials, best)[1] or 'best trial'}")
+    page.figure(out_dir / "best_accuracy.png", f"after: the {after_label}")
 
     search = [t for t in trials if t.phase == "search"]
     metrics = list(objectives)
@@ -382,17 +383,19 @@ def html_report(name: str, parent_id: str, trials: Sequence, objectives: dict, s
         page.text("(no search trial reached its final evaluation)", note=True)
     page.heading("Sentence representations, before and after")
     page.figure(projections[0], "before: the starting model (PCA, coloured by language)")
-    page.figure(projections[1], f"after: the {after_run(trials, best)[1] or 'best trial'} (PCA, coloured by language)")
+    page.figure(projections[1], f"after: the {after_label} (PCA, coloured by language)")
 
     first, mode = next(iter(objectives.items()))
     ordered = sorted(search, key=lambda t: t.metrics.get(first, float("-inf") if mode == "max" else float("inf")),
                      reverse=mode == "max")
     page.heading("Search trials")
-    page.table(["trial", "status"] + list(trial_columns(search)) + ["seconds"],
-               [[names.get(t.trial_id, t.trial_id), t.status] + [_cell(t.metrics.get(c)) for c in trial_columns(search)]
+    columns = trial_columns(search)
+    page.table(["trial", "status"] + list(columns) + ["seconds"],
+               [[names.get(t.trial_id, t.trial_id), t.status] + [_cell(t.metrics.get(c)) for c in columns]
                 + [f"{t.seconds:.0f}"] for t in ordered])
+    gap = search_gap_metric(trials)
     for key in searched:
-        page.figure(out_dir / f"gap_vs_{key.replace('.', '_')}.png", f"{search_gap_metric(trials)} against {key}")
+        page.figure(out_dir / f"gap_vs_{key.replace('.', '_')}.png", f"{gap} against {key}")
     config = out_dir / "best_config.yaml"
     if config.is_file():
         page.heading("Best config (ready for `xalign train`)")
